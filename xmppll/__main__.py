@@ -1,0 +1,3 @@
+from xmppll.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""Exceptions that carry their exit code (sysexits.h), so every layer can fail precisely
+and only the CLI decides how to print it."""
+
+from __future__ import annotations
+
+
+class XmpplError(Exception):
+    """Base class: a message a user can act on, and the process exit code it maps to."""
+
+    exit_code = 70  # EX_SOFTWARE: a bug, not a condition the user caused
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(XmpplError):
+    exit_code = 64  # EX_USAGE
+
+
+class DataError(XmpplError):
+    exit_code = 65  # EX_DATAERR
+
+
+class NoPeerError(XmpplError):
+    exit_code = 68  # EX_NOHOST
+
+
+class UnavailableError(XmpplError):
+    exit_code = 69  # EX_UNAVAILABLE: peer refused, or no agent running
+
+
+class IOFailure(XmpplError):
+    exit_code = 74  # EX_IOERR
+
+
+class TimeoutFailure(XmpplError):
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class ProtocolFailure(XmpplError):
+    exit_code = 76  # EX_PROTOCOL
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success (message delivered, command done)",
+    1: "interrupted or internal error",
+    64: "usage error: bad option, argument or status word",
+    65: "bad input data: invalid name, TXT value, JSON line or message",
+    68: "no such peer on the link",
+    69: "unavailable: peer refused the stream, or no agent is running",
+    74: "I/O error: socket, disk or closed output pipe",
+    75: "timeout: the peer or the link did not answer in time",
+    76: "protocol error: the peer broke the XML stream protocol",
+}
