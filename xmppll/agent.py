@@ -1,0 +1,328 @@
+"""The agent: one long-running process per published name.
+
+Being on the link is two things at once (records over mDNS and a listener on the
+advertised port), so they live together here, with the live peer cache and the control
+socket that lets one-shot commands use all of it for the cost of a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xmppll import caps, control, identity
+from xmppll.errors import IOFailure, UnavailableError, XmpplError
+from xmppll.link import local_addresses, mdns_port_taken, open_link
+from xmppll.peers import PeerView
+from xmppll.presence import Presence, check_status, encode_txt
+from xmppll.publish import Publisher, Record, choose_host
+
+DEFAULT_PORT = 5298
+REFRESH_INTERVAL = 10.0
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    presence: Presence
+    interfaces: list[str] = field(default_factory=list)
+    rename: bool = True
+    port_given: bool = False
+
+
+def caps_tuple() -> tuple[str, str, str]:
+    return (caps.CAPS_NODE, "sha-1", caps.caps_ver())
+
+
+def _bind_listeners(port: int, given: bool) -> list[socket.socket]:
+    """Reserve the TCP port on IPv6 and IPv4 before publishing it: a published port
+    nobody listens on makes every sender fail. 5298 is the XEP's default; when it is
+    taken and was not asked for explicitly, the kernel picks one (as libpurple does)."""
+    try:
+        return _bind_pair(port)
+    except OSError as exc:
+        if given:
+            raise IOFailure(f"cannot listen on port {port}: {exc.strerror}") from exc
+        return _bind_pair(0)
+
+
+def _bind_pair(port: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    try:
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        socks.append(v6)
+        v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(("::", port))
+        port = v6.getsockname()[1]
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(v4)
+        v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v4.bind(("0.0.0.0", port))
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    for s in socks:
+        s.listen(128)
+        s.setblocking(False)
+    return socks
+
+
+class Agent:
+    """Runs until withdrawn or signalled; `emit` gets the agent's own events."""
+
+    def __init__(self, config: AgentConfig, emit: Emit) -> None:
+        self.config = config
+        self.emit = emit
+        self.presence = config.presence
+        self.state = identity.state_dir(config.name)
+        self.stop_event = asyncio.Event()
+        self.subscribers: set[asyncio.Queue] = set()
+        self.publisher: Publisher | None = None
+        self.view: PeerView | None = None
+        self.listeners: list[socket.socket] = []
+        self._lock_fd: int | None = None
+        self._control: asyncio.AbstractServer | None = None
+        self._socket_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        rec = self.publisher.record if self.publisher else None
+        return rec.name if rec else self.config.name
+
+    def txt(self) -> bytes:
+        return encode_txt(self.presence, caps_tuple())
+
+    async def run(self) -> None:
+        self._take_lock()
+        self.txt()  # refuse an unpublishable record before touching the network
+        shared = mdns_port_taken()
+        self.listeners = _bind_listeners(self.presence.port, self.config.port_given)
+        self.presence.port = self.listeners[0].getsockname()[1]
+        mine = local_addresses(self.config.interfaces or None)
+        azc = await open_link(self.config.interfaces or None)
+        try:
+            label = identity.host_label()
+            host = asyncio.ensure_future(choose_host(azc.zeroconf, label, mine, shared=shared))
+            self.publisher = Publisher(azc, rename=self.config.rename, on_event=self._on_publish)
+            record = await self.publisher.publish(
+                Record(self.config.name, f"{label}.local.", self.presence.port, self.txt(), []),
+                host,
+            )
+            server, addresses = record.server, record.addresses
+            await self._start_control(record.name)
+            self.view = PeerView(azc.zeroconf, on_event=self._on_peer, exclude={record.name})
+            await self.view.start()
+            self._save_record(record)
+            self.emit({"event": "announced", "name": record.name, "host": server.rstrip("."),
+                       "addresses": addresses, "port": record.port, **self._presence_json()})
+            refresher = asyncio.ensure_future(self._refresh_loop())
+            self._install_signals()
+            await self.stop_event.wait()
+            refresher.cancel()
+        finally:
+            await self._shutdown(azc)
+
+    def _take_lock(self) -> None:
+        """One agent per name: a second one refuses with a clear error; the lock dies
+        with its process, so a kill -9 never leaves the name locked."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UnavailableError(
+                f"an agent for {self.config.name} is already running "
+                f"(stop it with: xmppll withdraw {self.config.name})"
+            ) from None
+        self._lock_fd = fd
+
+    def _save_record(self, record: Record) -> None:
+        """Kept so that `withdraw --stale` can say goodbye for us after a crash."""
+        path = self.state / "published.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**record.to_json(), "pid": os.getpid()}))
+        tmp.replace(path)
+
+    def _presence_json(self) -> dict[str, Any]:
+        data = self.presence.to_json()
+        data.pop("port")
+        return data
+
+    def _on_publish(self, event: dict[str, Any]) -> None:
+        self.emit(event)
+        if event["event"] == "renamed" and self.publisher and self.publisher.record:
+            self._save_record(self.publisher.record)
+            if self.view:
+                self.view.exclude_name(event["name"])
+            asyncio.ensure_future(self._start_control(event["name"]))
+        if event["event"] == "withdrawn":
+            self.stop_event.set()
+
+    def _on_peer(self, event: dict[str, Any]) -> None:
+        for queue in list(self.subscribers):
+            queue.put_nowait(event)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            if self.view:
+                self.view.refresh()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+
+    async def _shutdown(self, azc: Any) -> None:
+        if self.view:
+            await self.view.stop()
+        if self.publisher and self.publisher.record:
+            name = self.publisher.record.name
+            await self.publisher.withdraw()
+            (self.state / "published.json").unlink(missing_ok=True)
+            self.emit({"event": "withdrawn", "name": name})
+        await self._stop_control()
+        for sock in self.listeners:
+            sock.close()
+        await azc.async_close()
+
+    # --- control socket -------------------------------------------------------
+    async def _start_control(self, name: str) -> None:
+        await self._stop_control()
+        control.prepare_runtime_dir()
+        path = identity.socket_path(name)
+        if path.exists():
+            if control.is_alive(path):
+                raise UnavailableError(f"an agent for {name} is already running")
+            path.unlink()  # left behind by a killed agent
+        old = os.umask(0o177)
+        try:
+            self._control = await asyncio.start_unix_server(self._client, path=str(path))
+        finally:
+            os.umask(old)
+        self._socket_path = path
+
+    async def _stop_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._socket_path is not None:
+            self._socket_path.unlink(missing_ok=True)
+            self._socket_path = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if not _same_user(writer):
+                await _reply(writer, _error(UnavailableError("permission denied: not your agent")))
+                return
+            while line := await reader.readline():
+                await self._dispatch(line, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _dispatch(self, line: bytes, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or req.get("v") != control.VERSION:
+                raise XmpplError("bad request: expected a JSON object with \"v\": 1", 64)
+            op = req.get("op")
+            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise XmpplError(f"unknown op {op!r}", 64)
+            await handler(req, writer)
+        except json.JSONDecodeError:
+            await _reply(writer, _error(XmpplError("bad request: not JSON", 64)))
+        except XmpplError as exc:
+            await _reply(writer, _error(exc))
+
+    async def op_info(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        rec = self.publisher.record if self.publisher else None
+        await _reply(writer, {"ok": True, "name": self.name, "pid": os.getpid(),
+                              "port": self.presence.port,
+                              "host": rec.server.rstrip(".") if rec else None,
+                              "addresses": rec.addresses if rec else [],
+                              **self._presence_json()})
+
+    async def op_status(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        changes = {k: req[k] for k in ("status", "msg") if req.get(k) is not None}
+        if changes:
+            old = (self.presence.status, self.presence.msg)
+            if "status" in changes:
+                self.presence.status = check_status(changes["status"])
+            if "msg" in changes:
+                self.presence.msg = changes["msg"] or None
+            try:
+                txt = self.txt()
+            except XmpplError:
+                self.presence.status, self.presence.msg = old
+                raise
+            assert self.publisher is not None
+            await self.publisher.update_txt(txt)
+            self.emit({"event": "status", "name": self.name, **self._presence_json()})
+        await self.op_info(req, writer)
+
+    async def op_peers(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        peers = sorted(self.view.peers.values(), key=lambda p: p["name"].lower()) \
+            if self.view else []
+        await _reply(writer, {"ok": True, "peers": peers})
+
+    async def op_follow(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Streams `added` for every cached peer, then every change, until the client
+        goes away; a client that stops reading is dropped, never blocks the agent."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
+        self.subscribers.add(queue)
+        try:
+            await _reply(writer, {"ok": True})
+            for peer in list(self.view.peers.values()) if self.view else []:
+                queue.put_nowait({"event": "added", **peer})
+            while True:
+                event = await queue.get()
+                writer.write((json.dumps(event) + "\n").encode())
+                await asyncio.wait_for(writer.drain(), 30)
+        finally:
+            self.subscribers.discard(queue)
+
+    async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        await _reply(writer, {"ok": True, "name": self.name})
+        self.stop_event.set()
+
+
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    """File modes can be loosened by mistake; the kernel's word on the peer cannot."""
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def _error(exc: XmpplError) -> dict[str, Any]:
+    return {"ok": False, "error": str(exc), "code": exc.exit_code}
+
+
+async def _reply(writer: asyncio.StreamWriter, data: dict[str, Any]) -> None:
+    writer.write((json.dumps({"v": control.VERSION, **data}) + "\n").encode())
+    await asyncio.wait_for(writer.drain(), 10)
+
+
+def run_agent(config: AgentConfig, emit: Emit) -> None:
+    """Entry point for `announce`: runs the agent to completion in this process."""
+    asyncio.run(Agent(config, emit).run())

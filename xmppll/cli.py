@@ -1,0 +1,279 @@
+"""The command line: parse, call the core, render. Nothing else lives here.
+
+Heavy modules (zeroconf, the XML stack) are imported inside the commands that need
+them, so `status`, `withdraw` and `--help` cost a Python start and a socket round trip.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from xmppll import __version__, render
+from xmppll.errors import UsageError, XmpplError
+
+STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
+
+
+def interface_option(func: Any) -> Any:
+    return click.option(
+        "--interface", "-i", "interfaces", multiple=True, metavar="IF",
+        help="Use only this network interface for mDNS (repeatable).",
+    )(func)
+
+
+def json_option(func: Any) -> Any:
+    return click.option(
+        "--json/--no-json", "as_json", default=None,
+        help="JSON Lines output (the default when stdout is not a terminal).",
+    )(func)
+
+
+def _check_interfaces(interfaces: tuple[str, ...]) -> list[str] | None:
+    if not interfaces:
+        return None
+    from xmppll.link import local_addresses
+
+    local_addresses(list(interfaces))
+    return list(interfaces)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xmppll")
+def cli() -> None:
+    """Serverless XMPP (XEP-0174) from the shell: see who is on the link, publish
+    yourself, send and receive messages. Output is JSON Lines when piped."""
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--port", type=int, default=None, help="TCP port to serve [default: 5298, "
+              "or a free one when taken].")
+@click.option("--status", type=STATUS_CHOICE, default="avail", show_default=True,
+              help="Initial presence.")
+@click.option("--msg", help="Status message.")
+@click.option("--nick", help="Nickname (TXT nick).")
+@click.option("--first", help="First name (TXT 1st).")
+@click.option("--last", help="Last name (TXT last).")
+@click.option("--email", help="E-mail address(es), space-separated.")
+@click.option("--jid", help="Regular XMPP address(es), space-separated.")
+@click.option("--txt", "txt", multiple=True, metavar="KEY=VALUE",
+              help="Extra TXT entry (repeatable).")
+@click.option("--no-personal", is_flag=True, help="Publish no personal data "
+              "(1st, last, nick, email, jid).")
+@click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
+              "is taken.")
+@interface_option
+@json_option
+def announce(name: str | None, port: int | None, status: str, msg: str | None,
+             nick: str | None, first: str | None, last: str | None, email: str | None,
+             jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
+             interfaces: tuple[str, ...], as_json: bool | None) -> None:
+    """Start the agent: publish NAME (default user@host) and stay until interrupted
+    or withdrawn. Prints one event per line (announced, conflict, renamed, ...)."""
+    from xmppll import identity
+    from xmppll.agent import DEFAULT_PORT, AgentConfig, run_agent
+    from xmppll.presence import Presence, parse_txt_option
+
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"invalid port {port}: use 1-65535")
+    presence = Presence(
+        port=port or DEFAULT_PORT, status=status, msg=msg, nick=nick, first=first,
+        last=last, email=email, jid=jid, extra=[parse_txt_option(t) for t in txt],
+        personal=not no_personal,
+    )
+    config = AgentConfig(
+        name=identity.check_instance_name(name or identity.default_name()),
+        presence=presence, interfaces=_check_interfaces(interfaces) or [],
+        rename=not no_rename, port_given=port is not None,
+    )
+    emit_json = render.wants_json(as_json)
+
+    def emit(event: dict[str, Any]) -> None:
+        if emit_json:
+            render.write_json(event)
+        else:
+            render.write_line(render.agent_event_line(event))
+
+    run_agent(config, emit)
+
+
+@cli.command()
+@click.argument("pattern", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Stream added/updated/removed events.")
+@click.option("--timeout", type=float, default=None,
+              help="Longest wait in seconds [default: 3; with --follow: none].")
+@click.option("--table", "as_table", is_flag=True, help="Human-readable table even in a pipe.")
+@click.option("--no-agent", is_flag=True, help="Browse the link directly even when an "
+              "agent runs.")
+@interface_option
+@json_option
+def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: bool,
+           no_agent: bool, interfaces: tuple[str, ...], as_json: bool | None) -> None:
+    """List the peers on the link (those whose name matches PATTERN, a shell glob)."""
+    import fnmatch
+
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    ifaces = _check_interfaces(interfaces)
+    emit_json = not as_table and render.wants_json(as_json)
+
+    def matches(peer: dict[str, Any]) -> bool:
+        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
+
+    agent = None if no_agent or ifaces else _agent_or_none()
+    if follow:
+        def emit(event: dict[str, Any]) -> None:
+            if matches(event):
+                if emit_json:
+                    render.write_json(event)
+                else:
+                    render.write_line(render.peer_event_line(event))
+        _follow(agent, emit, ifaces, timeout)
+        return
+    peers = _list_peers(agent, ifaces, timeout or 3.0)
+    peers = [p for p in peers if matches(p)]
+    if emit_json:
+        for peer in peers:
+            render.write_json(peer)
+    else:
+        for line in render.peer_table(peers):
+            render.write_line(line)
+
+
+def _agent_or_none() -> str | None:
+    from xmppll import control
+
+    agents = control.running_agents()
+    return agents[0] if agents else None
+
+
+def _list_peers(agent: str | None, ifaces: list[str] | None,
+                timeout: float) -> list[dict[str, Any]]:
+    if agent:
+        from xmppll import control
+
+        return control.request(agent, "peers")["peers"]
+    from xmppll import standalone
+
+    return standalone.browse(timeout, ifaces)
+
+
+def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
+            timeout: float | None) -> None:
+    if agent:
+        import signal
+        import time
+
+        from xmppll import control
+
+        end = time.monotonic() + timeout if timeout else None
+        if end:
+            signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        for event in control.stream(agent, "follow"):
+            emit(event)
+        return
+    from xmppll import standalone
+
+    standalone.follow(emit, ifaces, timeout)
+
+
+@cli.command()
+@click.argument("status", type=STATUS_CHOICE, required=False)
+@click.option("--msg", help="New status message ('' clears it).")
+@click.option("--name", help="Which agent, when several run.")
+@interface_option
+@json_option
+def status(status: str | None, msg: str | None, name: str | None,
+           interfaces: tuple[str, ...], as_json: bool | None) -> None:
+    """Show my presence, or change it (the running agent re-announces its TXT)."""
+    from xmppll import control
+
+    _check_interfaces(interfaces)
+    if name is None and status is None and msg is None:
+        agents = control.running_agents()
+        if len(agents) > 1:
+            for agent in agents:
+                _print_status(control.request(agent, "info"), as_json)
+            return
+    agent = control.find_agent(name)
+    if status is None and msg is None:
+        reply = control.request(agent, "info")
+    else:
+        reply = control.request(agent, "status", status=status, msg=msg)
+    _print_status(reply, as_json)
+
+
+def _print_status(reply: dict[str, Any], as_json: bool | None) -> None:
+    record = {k: v for k, v in reply.items() if k not in ("v", "ok")}
+    if render.wants_json(as_json):
+        render.write_json(record)
+        return
+    msg = f"  {render.safe(record['msg'])}" if record.get("msg") else ""
+    render.write_line(f"{render.safe(record['name'])}  {record['status']}  "
+                      f"port {record['port']}{msg}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--stale", is_flag=True, help="Send goodbyes for NAME's records left by an "
+              "agent that died (kill -9, crash).")
+@interface_option
+@json_option
+def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
+             as_json: bool | None) -> None:
+    """Go offline: the agent sends goodbyes and exits."""
+    from xmppll import control, identity
+
+    ifaces = _check_interfaces(interfaces)
+    if stale:
+        from xmppll import standalone
+
+        target = identity.check_instance_name(name or identity.default_name())
+        record = standalone.withdraw_stale(target, ifaces)
+        result = {"event": "withdrawn", "name": record.name, "stale": True}
+    else:
+        result = {"event": "withdrawn", **_withdraw_agent(control.find_agent(name))}
+    if render.wants_json(as_json):
+        render.write_json(result)
+    else:
+        render.write_line(render.agent_event_line(result))
+
+
+def _withdraw_agent(name: str) -> dict[str, Any]:
+    """Ask the agent to go, then wait until its socket is gone: when this command
+    returns, the goodbyes have been sent."""
+    import time
+
+    from xmppll import control, identity
+
+    reply = control.request(name, "withdraw")
+    path = identity.socket_path(name)
+    deadline = time.monotonic() + 10
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"name": reply["name"]}
+
+
+def main() -> None:
+    """Console entry point: map every failure to one stderr line and an exit code."""
+    warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
+    try:
+        cli.main(standalone_mode=False, prog_name="xmppll")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        render.error(exc.format_message())
+        sys.exit(64)
+    except click.Abort:
+        sys.exit(130)
+    except XmpplError as exc:
+        render.error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

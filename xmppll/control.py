@@ -1,0 +1,143 @@
+"""The control socket: how one-shot commands talk to the agent.
+
+Protocol (version 1), one JSON object per line over a Unix stream socket at
+`$XDG_RUNTIME_DIR/xmppll/<name>.sock` (fallback `/tmp/xmppll-<uid>/`), directory 0700,
+socket 0600, and the agent also checks the peer's uid (SO_PEERCRED):
+
+    request:  {"v": 1, "op": "<op>", ...arguments}
+    reply:    {"v": 1, "ok": true, ...result}  or  {"v": 1, "ok": false, "error": "...", "code": N}
+
+Streaming ops (`follow`, `inbox`) send the reply line, then one line per event until
+the client disconnects. This module is the client side and must stay cheap to import:
+no zeroconf, no XML, no asyncio (one-shot commands pay only for a socket round trip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from xmppll import identity
+from xmppll.errors import IOFailure, UnavailableError, UsageError, XmpplError
+
+VERSION = 1
+CONNECT_TIMEOUT = 2.0
+
+
+def _connect(path: Path, timeout: float | None = CONNECT_TIMEOUT) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def is_alive(path: Path) -> bool:
+    """A socket file whose agent still accepts connections (a killed agent leaves
+    the file behind; connecting is the only reliable test)."""
+    try:
+        _connect(path, 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def running_agents() -> list[str]:
+    """Names of this user's running agents."""
+    directory = identity.runtime_dir()
+    try:
+        paths = sorted(directory.glob("*.sock"))
+    except OSError:
+        return []
+    return [identity.name_from_socket(p) for p in paths if is_alive(p)]
+
+
+def find_agent(name: str | None) -> str:
+    """The agent a command should talk to: the named one, else the only one running,
+    else the default name's. Raises UnavailableError when none runs."""
+    if name is not None:
+        if "@" not in name:
+            name = f"{name}@{identity.host_label()}"
+        if not is_alive(identity.socket_path(name)):
+            raise UnavailableError(f"no agent is running for {name} (start one: xmppll announce)")
+        return name
+    agents = running_agents()
+    if not agents:
+        raise UnavailableError("no agent is running (start one: xmppll announce)")
+    if len(agents) == 1:
+        return agents[0]
+    default = identity.default_name()
+    if default in agents:
+        return default
+    raise UsageError(f"several agents are running ({', '.join(agents)}): pick one with --name")
+
+
+def _send(sock: socket.socket, op: str, args: dict[str, Any]) -> None:
+    line = json.dumps({"v": VERSION, "op": op, **args}) + "\n"
+    sock.sendall(line.encode())
+
+
+def _check(reply: dict[str, Any]) -> dict[str, Any]:
+    if not reply.get("ok"):
+        raise XmpplError(reply.get("error", "the agent refused the request"),
+                         int(reply.get("code", 70)))
+    return reply
+
+
+def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
+    with sock.makefile("rb") as stream:
+        for raw in stream:
+            yield json.loads(raw)
+
+
+def request(name: str, op: str, *, timeout: float | None = 30.0, **args: Any) -> dict[str, Any]:
+    """One request, one reply."""
+    try:
+        with _connect(identity.socket_path(name)) as sock:
+            sock.settimeout(timeout)
+            _send(sock, op, args)
+            for reply in _lines(sock):
+                return _check(reply)
+    except TimeoutError as exc:
+        raise IOFailure(f"the agent for {name} did not answer {op!r} in time") from exc
+    except OSError as exc:
+        raise UnavailableError(f"cannot reach the agent for {name}: {exc}") from exc
+    raise IOFailure(f"the agent for {name} closed the connection without answering")
+
+
+def stream(name: str, op: str, **args: Any) -> Iterator[dict[str, Any]]:
+    """A streaming request: yields every event line after the reply."""
+    try:
+        sock = _connect(identity.socket_path(name))
+        sock.settimeout(None)
+        _send(sock, op, args)
+    except OSError as exc:
+        raise UnavailableError(f"cannot reach the agent for {name}: {exc}") from exc
+    lines = _lines(sock)
+    try:
+        _check(next(lines))
+        yield from lines
+    except StopIteration:
+        return
+    finally:
+        sock.close()
+
+
+def prepare_runtime_dir() -> Path:
+    """Create the socket directory private to this user (0700) or refuse to use one
+    that someone else could write to."""
+    directory = identity.runtime_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.stat()
+    if info.st_uid != os.getuid():
+        raise IOFailure(f"{directory} belongs to another user; refusing to use it")
+    if info.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    return directory

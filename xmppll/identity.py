@@ -1,0 +1,108 @@
+"""Who I am on the link: my instance name, my host label, and where my files live.
+
+XEP-0174 names a peer `user@machine`, where `machine` doubles as the mDNS host label, so
+both halves are validated here once and every command agrees on them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+from pathlib import Path
+
+from xmppll.errors import DataError
+
+MAX_INSTANCE_BYTES = 63  # one DNS label (RFC 6763 §4.1.1)
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def host_label() -> str:
+    """The mDNS host label of this machine: the short host name, reduced to what a DNS
+    label may hold, because it is published as `<label>.local` (ASCII by XEP-0174)."""
+    raw = socket.gethostname().split(".")[0]
+    label = re.sub(r"[^A-Za-z0-9-]+", "-", raw).strip("-")[:63].strip("-")
+    return label or "localhost"
+
+
+def user_label() -> str:
+    try:
+        user = os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return user.replace(".", "_") or f"uid{os.getuid()}"
+
+
+def default_name() -> str:
+    return f"{user_label()}@{host_label()}"
+
+
+def _unprintable(text: str) -> str | None:
+    for ch in text:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+def check_instance_name(name: str, *, machine: str | None = None) -> str:
+    """Validate (and complete) a name for publishing; returns the name to use.
+
+    A bare user part gets this machine's label appended, as XEP-0174 builds names.
+    Names with a dot are refused: python-zeroconf would split them into several DNS
+    labels on the wire, and no other implementation would see the name we meant.
+    """
+    if "@" not in name:
+        name = f"{name}@{machine or host_label()}"
+    user, _, host = name.rpartition("@")
+    if not user:
+        raise DataError(f"invalid name {name!r}: the user part before '@' is empty")
+    bad = _unprintable(name)
+    if bad:
+        raise DataError(f"invalid name {name!r}: it contains the control character {bad}")
+    if "." in name:
+        suggestion = f"{user.replace('.', '_')}@{host.split('.')[0]}"
+        raise DataError(
+            f"invalid name {name!r}: a '.' cannot be published correctly "
+            f"(python-zeroconf splits it into DNS labels); try {suggestion!r}"
+        )
+    if not _HOST_LABEL.match(host):
+        raise DataError(
+            f"invalid name {name!r}: the machine part {host!r} must be ASCII letters, "
+            "digits and '-' (it is also the mDNS host label)"
+        )
+    size = len(name.encode("utf-8"))
+    if size > MAX_INSTANCE_BYTES:
+        raise DataError(
+            f"invalid name {name!r}: {size} bytes of UTF-8, the limit is "
+            f"{MAX_INSTANCE_BYTES} (one DNS label)"
+        )
+    return name
+
+
+def _fs_name(name: str) -> str:
+    """A file name for an instance name: '/' may appear in a DNS-SD instance."""
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def state_dir(name: str) -> Path:
+    """Durable per-name state (the inbox, the published record): survives reboots."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "xmppll" / _fs_name(name)
+
+
+def runtime_dir() -> Path:
+    """Where agents put their control sockets: private to this user (0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "xmppll" if base else Path(f"/tmp/xmppll-{os.getuid()}")
+    return path
+
+
+def socket_path(name: str) -> Path:
+    return runtime_dir() / f"{_fs_name(name)}.sock"
+
+
+def name_from_socket(path: Path) -> str:
+    return path.name[: -len(".sock")].replace("%2F", "/").replace("%25", "%")

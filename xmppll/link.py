@@ -1,0 +1,129 @@
+"""The link: my interfaces and addresses, and one python-zeroconf instance on them.
+
+Everything that touches python-zeroconf's setup lives here, including the two things
+its defaults get wrong for us: IPv4 only, and a receive buffer that drops events in a
+burst of announcements (zeroconf-facts.md §4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+import ifaddr
+from zeroconf import InterfaceChoice, IPVersion
+from zeroconf.asyncio import AsyncZeroconf
+
+from xmppll.errors import IOFailure, UsageError
+
+SERVICE_TYPE = "_presence._tcp.local."
+RCVBUF_BYTES = 4 * 1024 * 1024
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    interface: str
+    address: str  # without scope
+    index: int  # interface index (the IPv6 scope)
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.address
+
+
+def local_addresses(interfaces: list[str] | None = None) -> list[LocalAddress]:
+    """The addresses we can be reached at: every non-loopback address of the chosen
+    interfaces (all when none are chosen). An unknown interface is a usage error."""
+    adapters = {a.nice_name: a for a in ifaddr.get_adapters()}
+    if interfaces:
+        unknown = [name for name in interfaces if name not in adapters]
+        if unknown:
+            raise UsageError(
+                f"unknown interface {unknown[0]!r}: this host has "
+                + ", ".join(sorted(adapters))
+            )
+    chosen = interfaces or sorted(adapters)
+    found: list[LocalAddress] = []
+    for name in chosen:
+        adapter = adapters[name]
+        for ip in adapter.ips:
+            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            if ipaddress.ip_address(text).is_loopback:
+                continue
+            found.append(LocalAddress(name, text, adapter.index or 0))
+    return found
+
+
+def zeroconf_interfaces(interfaces: list[str] | None) -> InterfaceChoice | list:
+    """python-zeroconf's interface argument: IPv4 addresses, IPv6 interface indexes.
+
+    Loopback is left out: multicast to ff02::fb over `lo` fails with a warning on every
+    packet, and processes on one host still hear each other through multicast loop."""
+    choice: list[str | int] = []
+    found = local_addresses(interfaces)
+    if not found and not interfaces:
+        return InterfaceChoice.All  # only loopback: still lets local processes meet
+    for addr in found:
+        if addr.is_ipv6:
+            if addr.index not in choice:
+                choice.append(addr.index)
+        else:
+            choice.append(addr.address)
+    if not choice:
+        raise UsageError(f"interface {', '.join(interfaces)} has no IP address")
+    return choice
+
+
+async def open_link(interfaces: list[str] | None = None) -> AsyncZeroconf:
+    """A started AsyncZeroconf on IPv4 and IPv6 with a large receive buffer."""
+    try:
+        azc = AsyncZeroconf(
+            interfaces=zeroconf_interfaces(interfaces), ip_version=IPVersion.All
+        )
+    except (OSError, RuntimeError) as exc:
+        raise IOFailure(f"cannot open mDNS sockets: {exc}") from exc
+    await azc.zeroconf.async_wait_for_start()
+    raise_receive_buffers(azc)
+    return azc
+
+
+def raise_receive_buffers(azc: AsyncZeroconf) -> None:
+    """A burst of 1000 announcements overflows the default buffer and loses events;
+    4 MiB does not (measured). Root may exceed rmem_max with SO_RCVBUFFORCE."""
+    for reader in azc.zeroconf.engine.readers:
+        sock = reader.sock
+        for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, RCVBUF_BYTES)
+                break
+            except OSError:
+                continue
+
+
+def format_address(packed: bytes, scope_id: int = 0) -> str:
+    """Text form of an address; IPv6 link-local with `%ifname`, since it is useless
+    without its scope and a name is what people and getaddrinfo both read."""
+    addr = ipaddress.ip_address(packed)
+    text = str(addr)
+    if addr.version == 6 and addr.is_link_local and scope_id:
+        try:
+            text += "%" + socket.if_indextoname(scope_id)
+        except OSError:
+            text += f"%{scope_id}"
+    return text
+
+
+def mdns_port_taken() -> bool:
+    """Whether another responder (avahi-daemon, another agent) already owns UDP 5353 on
+    this host; read-only, 0.3 ms: a bind test would disturb an avahi starting now."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                if any(line.split()[1].endswith(":14E9") for line in fh if line.strip()):
+                    return True
+        except OSError:
+            continue
+    return False

@@ -1,0 +1,279 @@
+"""Who is on the link: a live view of every `_presence._tcp` peer, built from the mDNS
+cache, and a one-shot browse that knows when it has heard everyone.
+
+The view is recomputed from the cache for each instance a batch of records touched, so
+a lost or duplicated event cannot leave it wrong: whatever the cache says is the truth,
+and events are the differences between two truths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from zeroconf import (
+    DNSAddress,
+    DNSOutgoing,
+    DNSPointer,
+    DNSQuestion,
+    DNSService,
+    DNSText,
+    RecordUpdateListener,
+    Zeroconf,
+    current_time_millis,
+)
+from zeroconf.asyncio import AsyncServiceBrowser
+
+from xmppll.link import SERVICE_TYPE, format_address
+from xmppll.presence import decode_txt, peer_fields
+
+_TYPE_A, _TYPE_PTR, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV = 1, 12, 16, 28, 33
+_CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
+_SUFFIX = "." + SERVICE_TYPE
+REFRESH_AT = 0.75  # re-query a peer's SRV/addresses at 75 % of their TTL (RFC 6762 §5.2)
+
+Event = dict[str, Any]
+
+
+def instance_of(full: str) -> str:
+    return full[: -len(_SUFFIX)] if full.lower().endswith(_SUFFIX) else full
+
+
+def _full(instance: str) -> str:
+    return instance + _SUFFIX
+
+
+def _alive(records: list, type_: int, now: float) -> list:
+    return [r for r in records if r.type == type_ and not r.is_expired(now)]
+
+
+class PeerView(RecordUpdateListener):
+    """Every complete peer (PTR, SRV, TXT and an address all alive in the cache).
+
+    `on_event` receives `added`/`updated`/`removed` events with the Peer JSON shape.
+    Names in `exclude` (our own, case-insensitive) are never reported.
+    """
+
+    def __init__(
+        self,
+        zc: Zeroconf,
+        on_event: Callable[[Event], None] | None = None,
+        exclude: set[str] | None = None,
+    ) -> None:
+        self.zc = zc
+        self.on_event = on_event
+        self.exclude = {name.lower() for name in exclude or ()}
+        self.peers: dict[str, Event] = {}
+        self.seen: set[str] = set()  # every instance a PTR was heard for
+        self.changed = asyncio.Event()
+        self._ptr: dict[str, DNSPointer] = {}
+        self._by_server: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._asked: dict[str, float] = {}
+        self._browser: AsyncServiceBrowser | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, *, browse: bool = True) -> None:
+        """Listen (and let python-zeroconf's browser schedule its PTR queries and
+        refreshes, unless a caller drives its own queries)."""
+        self.zc.async_add_listener(self, DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        if browse:
+            self._browser = AsyncServiceBrowser(self.zc, SERVICE_TYPE, handlers=[_ignore])
+
+    async def stop(self) -> None:
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        self.zc.async_remove_listener(self)
+        for task in self._tasks:
+            task.cancel()
+
+    def exclude_name(self, name: str) -> None:
+        self.exclude.add(name.lower())
+        self._dirty.add(_full(name).lower())
+        self.async_update_records_complete()
+
+    # python-zeroconf's listener interface: called in the event loop, must not block.
+    def async_update_records(self, zc: Zeroconf, now: float, records: list) -> None:
+        for update in records:
+            record = update.new
+            if record.type == _TYPE_PTR and record.key == SERVICE_TYPE:
+                key = record.alias.lower()
+                self._ptr[key] = record
+                self._dirty.add(key)
+            elif record.type in (_TYPE_SRV, _TYPE_TXT) and record.key.endswith(_SUFFIX):
+                self._dirty.add(record.key)
+            elif record.type in (_TYPE_A, _TYPE_AAAA):
+                self._dirty.update(self._by_server.get(record.key, ()))
+
+    def async_update_records_complete(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        now = current_time_millis()
+        for key in dirty:
+            self._evaluate(key, now)
+        self.changed.set()
+
+    def _evaluate(self, key: str, now: float) -> None:
+        ptr = self._ptr.get(key)
+        peer = None
+        if ptr is not None and not ptr.is_expired(now):
+            self.seen.add(key)
+            peer = self._resolve_from_cache(ptr.alias, now)
+            if peer is None:
+                self._ask(ptr.alias, now)
+        elif ptr is not None:
+            del self._ptr[key]
+            self.seen.discard(key)
+        if peer is not None and instance_of(key) in self.exclude:
+            peer = None
+        self._emit(key, peer)
+
+    def _emit(self, key: str, peer: Event | None) -> None:
+        old = self.peers.get(key)
+        if peer == old:
+            return
+        if peer is None:
+            del self.peers[key]
+            event = {"event": "removed", **old}
+        else:
+            self.peers[key] = peer
+            event = {"event": "added" if old is None else "updated", **peer}
+        if self.on_event:
+            self.on_event(event)
+
+    def _resolve_from_cache(self, full: str, now: float) -> Event | None:
+        cache = self.zc.cache
+        records = cache.async_entries_with_name(full)
+        srvs: list[DNSService] = _alive(records, _TYPE_SRV, now)
+        txts: list[DNSText] = _alive(records, _TYPE_TXT, now)
+        if not srvs or not txts:
+            return None
+        srv = max(srvs, key=lambda r: r.created)
+        txt = max(txts, key=lambda r: r.created)
+        server = srv.server_key
+        self._by_server.setdefault(server, set()).add(full.lower())
+        hosts = cache.async_entries_with_name(server)
+        addrs: list[DNSAddress] = _alive(hosts, _TYPE_AAAA, now) + _alive(hosts, _TYPE_A, now)
+        if not addrs:
+            return None
+        addresses = sorted(
+            {format_address(a.address, a.scope_id or 0) for a in addrs},
+            key=lambda a: (":" not in a, a),
+        )
+        return {
+            "name": instance_of(full),
+            "host": srv.server.rstrip("."),
+            "addresses": addresses,
+            "port": srv.port,
+            **peer_fields(decode_txt(txt.text)),
+        }
+
+    def _ask(self, full: str, now: float, *, force: bool = False) -> None:
+        """Query what is missing (at most once a second per name)."""
+        last = self._asked.get(full.lower(), 0)
+        if not force and now - last < 1000:
+            return
+        self._asked[full.lower()] = now
+        out = DNSOutgoing(0)
+        out.add_question(DNSQuestion(full, _TYPE_SRV, _CLASS_IN | _CLASS_UNIQUE))
+        out.add_question(DNSQuestion(full, _TYPE_TXT, _CLASS_IN | _CLASS_UNIQUE))
+        srvs = _alive(self.zc.cache.async_entries_with_name(full), _TYPE_SRV, now)
+        for srv in srvs:
+            out.add_question(DNSQuestion(srv.server, _TYPE_A, _CLASS_IN | _CLASS_UNIQUE))
+            out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
+        self.zc.async_send(out)
+        self._schedule(1.1, full.lower())
+
+    def _schedule(self, delay: float, key: str) -> None:
+        """Re-evaluate later: an unanswered question must not leave a name pending."""
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            self._dirty.add(key)
+            self.async_update_records_complete()
+
+        loop.call_later(delay, again)
+
+    def refresh(self) -> None:
+        """Keep the host records of live peers fresh, so a peer that died without a
+        goodbye drops out when its SRV/A expire (RFC 6762 §5.2, §10.5) instead of
+        lingering for the 75-minute PTR TTL."""
+        now = current_time_millis()
+        for key, peer in list(self.peers.items()):
+            records = self.zc.cache.async_entries_with_name(_full(peer["name"]))
+            srvs = _alive(records, _TYPE_SRV, now)
+            due = not srvs or any(
+                now - r.created > r.ttl * 1000 * REFRESH_AT for r in srvs
+            )
+            if due:
+                self._ask(_full(peer["name"]), now, force=True)
+            self._dirty.add(key)
+        self.async_update_records_complete()
+
+    def query_ptr(self, *, known_answers: bool = True) -> None:
+        """One PTR query (QU: answers come straight back), listing what we already have
+        so responders we heard stay quiet and only the missing ones answer."""
+        out = DNSOutgoing(0)
+        out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN | _CLASS_UNIQUE))
+        if known_answers:
+            now = current_time_millis()
+            for ptr in self._ptr.values():
+                if not ptr.is_expired(now) and ptr.alias.lower() in self.seen:
+                    out.add_answer_at_time(ptr, now)
+        self.zc.async_send(out)
+
+    def pending(self) -> set[str]:
+        """Instances heard of but not complete yet (excluded ones do not count)."""
+        return {
+            key for key in self.seen
+            if key not in self.peers and instance_of(key) not in self.exclude
+        }
+
+
+def _ignore(**_: Any) -> None:
+    """AsyncServiceBrowser needs a handler; the view reads the cache instead."""
+
+
+async def browse_once(
+    zc: Zeroconf,
+    *,
+    timeout: float,
+    exclude: set[str] | None = None,
+    quiet: float = 0.06,
+    quiet_rounds: int = 2,
+) -> list[Event]:
+    """Everyone on the link, returned as soon as the link has gone quiet.
+
+    Answers to a query arrive in a burst within tens of milliseconds; lost answers come
+    back only when asked again. So: ask, wait for the burst to end, ask again listing
+    what we know, and stop after `quiet_rounds` rounds that taught us nothing new and
+    left nothing unresolved (or at `timeout`).
+    """
+    view = PeerView(zc, exclude=exclude)
+    await view.start(browse=False)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    calm = 0
+    try:
+        while calm < quiet_rounds and loop.time() < deadline:
+            before = set(view.seen)
+            view.query_ptr()
+            await _until_quiet(view, quiet, deadline)
+            calm = calm + 1 if view.seen == before and not view.pending() else 0
+    finally:
+        await view.stop()
+    return sorted(view.peers.values(), key=lambda p: p["name"].lower())
+
+
+async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> None:
+    """Wait until nothing has changed for `quiet` seconds (or the deadline)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        view.changed.clear()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(view.changed.wait(), min(quiet, remaining))
+        except TimeoutError:
+            return

@@ -1,0 +1,299 @@
+"""Being on the link: probe for my name, publish PTR/SRV/TXT (and my host's addresses
+when no other responder owns them), update the TXT in place, defend the name, and say
+goodbye.
+
+python-zeroconf's own probe is slow (1.2 s before anyone sees us) and renames the
+machine part on a conflict; XEP-0174 wants the user part renamed. So we probe as RFC
+6762 §8.1 says (3 queries 250 ms apart, ~0.9 s) and register without its probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zeroconf import (
+    DNSOutgoing,
+    DNSQuestion,
+    DNSService,
+    RecordUpdateListener,
+    ServiceInfo,
+    Zeroconf,
+    current_time_millis,
+)
+from zeroconf.asyncio import AsyncZeroconf
+
+from xmppll.errors import UnavailableError
+from xmppll.link import SERVICE_TYPE, LocalAddress
+
+_TYPE_A, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV, _TYPE_ANY = 1, 16, 28, 33, 255
+_CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
+PROBE_INTERVAL = 0.25
+MAX_RENAMES = 20
+
+
+def renamed(name: str, attempt: int) -> str:
+    """XEP-0174 asks a conflicting user part to change (juliet -> juliet-2), where
+    python-zeroconf would change the machine part instead."""
+    user, _, host = name.rpartition("@")
+    base = user
+    if "-" in user and user.rsplit("-", 1)[1].isdigit():
+        base = user.rsplit("-", 1)[0]
+    return f"{base}-{attempt}@{host}"
+
+
+@dataclass
+class Record:
+    """What one publication consists of, enough to rebuild it for a goodbye later."""
+
+    name: str
+    server: str  # FQDN with trailing dot
+    port: int
+    txt: bytes
+    addresses: list[str]
+
+    def info(self) -> ServiceInfo:
+        return ServiceInfo(
+            SERVICE_TYPE,
+            f"{self.name}.{SERVICE_TYPE}",
+            port=self.port,
+            properties=self.txt,
+            server=self.server,
+            parsed_addresses=self.addresses,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "server": self.server,
+            "port": self.port,
+            "txt": self.txt.hex(),
+            "addresses": self.addresses,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        return cls(
+            name=data["name"],
+            server=data["server"],
+            port=int(data["port"]),
+            txt=bytes.fromhex(data["txt"]),
+            addresses=list(data["addresses"]),
+        )
+
+
+async def choose_host(
+    zc: Zeroconf, label: str, mine: list[LocalAddress], *, shared: bool
+) -> tuple[str, list[str]]:
+    """The SRV target and the addresses we must publish under it.
+
+    When another responder on this host (avahi-daemon, another agent) already answers
+    for `<label>.local` with our own addresses, we publish none: ours would make avahi
+    rename the machine or flush its records with our goodbyes (coexistence-facts §2).
+    When a different machine answers for the label, we take `<label>-2` and so on.
+    """
+    own = {a.address for a in mine}
+    addresses = sorted(own, key=lambda a: (":" in a, a))
+    candidate = label
+    for attempt in range(2, MAX_RENAMES + 2):
+        answers = await _ask_host(zc, f"{candidate}.local.", wait=0.3 if shared else 0.15)
+        if not answers:
+            return f"{candidate}.local.", addresses
+        if answers <= own:
+            return f"{candidate}.local.", []
+        candidate = f"{label}-{attempt}"
+    raise UnavailableError(f"no free host name found for {label}.local on this link")
+
+
+async def _ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
+    """Addresses anyone answers for `host` within `wait` seconds."""
+    out = DNSOutgoing(0)
+    for type_ in (_TYPE_A, _TYPE_AAAA):
+        out.add_question(DNSQuestion(host, type_, _CLASS_IN | _CLASS_UNIQUE))
+    zc.async_send(out)
+    deadline = time.monotonic() + wait
+    while True:
+        now = current_time_millis()
+        found = {
+            str(ipaddress.ip_address(r.address))
+            for r in zc.cache.async_entries_with_name(host)
+            if r.type in (_TYPE_A, _TYPE_AAAA) and not r.is_expired(now)
+        }
+        if found or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+class _NameWatch(RecordUpdateListener):
+    """Sees every SRV/TXT for one instance name that is not ours: a conflict."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self.conflict: DNSService | None = None
+        self.event = asyncio.Event()
+
+    def async_update_records(self, zc: Zeroconf, now: float, records: list) -> None:
+        key = f"{self.record.name}.{SERVICE_TYPE}".lower()
+        for update in records:
+            new = update.new
+            if new.key != key or new.is_expired(now) or new.type != _TYPE_SRV:
+                continue
+            if (new.server_key, new.port) != (self.record.server.lower(), self.record.port):
+                self.conflict = new
+                self.event.set()
+
+
+class Publisher:
+    """Publishes one name and keeps it: rename on conflict (`juliet-2@capulet`), TXT
+    updates in place, goodbyes on withdraw. `on_event` gets conflict/renamed events."""
+
+    def __init__(
+        self,
+        azc: AsyncZeroconf,
+        *,
+        rename: bool = True,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.azc = azc
+        self.zc = azc.zeroconf
+        self.rename = rename
+        self.on_event = on_event or (lambda event: None)
+        self.record: Record | None = None
+        self._info: ServiceInfo | None = None
+        self._watch: _NameWatch | None = None
+        self._defender: asyncio.Task | None = None
+        self._announcing: Awaitable | None = None
+
+    async def publish(
+        self, record: Record, host: Awaitable[tuple[str, list[str]]] | None = None
+    ) -> Record:
+        """Probe, rename while taken, register; returns the record actually published.
+
+        `host`, when given, yields the final SRV target and addresses; checking the host
+        name runs during the probe instead of before it (announce visible sooner)."""
+        wanted = record.name
+        for attempt in range(2, MAX_RENAMES + 2):
+            if not await self._probe(record):
+                break
+            if not self.rename:
+                raise UnavailableError(
+                    f"the name {record.name!r} is already taken on this link "
+                    "(drop --no-rename to get a free variant)"
+                )
+            self.on_event({"event": "conflict", "name": record.name})
+            record = Record(renamed(wanted, attempt), record.server, record.port,
+                            record.txt, record.addresses)
+        else:
+            raise UnavailableError(f"no free variant of {wanted!r} found on this link")
+        if host is not None:
+            server, addresses = await host
+            record = Record(record.name, server, record.port, record.txt, addresses)
+        await self._register(record)
+        if record.name != wanted:
+            self.on_event({"event": "renamed", "from": wanted, "name": record.name})
+        return record
+
+    async def _probe(self, record: Record) -> bool:
+        """RFC 6762 §8.1 probing; True when someone else holds the name."""
+        watch = _NameWatch(record)
+        full = f"{record.name}.{SERVICE_TYPE}"
+        self.zc.async_add_listener(watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
+        info = record.info()
+        try:
+            await asyncio.sleep(random.uniform(0, PROBE_INTERVAL))
+            for _ in range(3):
+                out = DNSOutgoing(0)
+                out.add_question(DNSQuestion(full, _TYPE_ANY, _CLASS_IN | _CLASS_UNIQUE))
+                out.authorities.append(info.dns_service())
+                out.authorities.append(info.dns_text())
+                self.zc.async_send(out)
+                try:
+                    await asyncio.wait_for(watch.event.wait(), PROBE_INTERVAL)
+                    return True
+                except TimeoutError:
+                    continue
+            return False
+        finally:
+            self.zc.async_remove_listener(watch)
+
+    async def _register(self, record: Record) -> None:
+        info = record.info()
+        # Not awaiting the announcements: the first one is out when this returns, and
+        # that is when peers see us.
+        self._announcing = await self.azc.async_register_service(
+            info, cooperating_responders=True
+        )
+        self.record, self._info = record, info
+        self._watch = _NameWatch(record)
+        full = f"{record.name}.{SERVICE_TYPE}"
+        self.zc.async_add_listener(self._watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
+        self._defender = asyncio.ensure_future(self._defend())
+
+    async def _defend(self) -> None:
+        """RFC 6762 §9: a conflict seen after registration (two agents started at the
+        same instant both pass probing). The lexicographically lower SRV rdata yields
+        and renames; the other re-announces, so both sides converge."""
+        assert self._watch is not None and self.record is not None
+        while True:
+            await self._watch.event.wait()
+            self._watch.event.clear()
+            theirs = self._watch.conflict
+            assert theirs is not None
+            ours = (self.record.server.lower(), self.record.port)
+            if ours > (theirs.server_key, theirs.port):
+                await self.azc.async_update_service(self._info)
+                continue
+            await self._yield_name()
+            return
+
+    async def _yield_name(self) -> None:
+        old = self.record
+        assert old is not None and self._info is not None and self._watch is not None
+        self.zc.async_remove_listener(self._watch)
+        # Silently: a goodbye for the shared PTR would remove the winner from caches.
+        self.zc.registry.async_remove(self._info)
+        self.on_event({"event": "conflict", "name": old.name})
+        if not self.rename:
+            self.record = None
+            self.on_event({"event": "withdrawn", "name": old.name,
+                           "reason": "name taken by another peer (--no-rename)"})
+            return
+        base = Record(old.name, old.server, old.port, old.txt, old.addresses)
+        new = await self.publish(base)
+        if new.name == old.name:
+            return
+        self.on_event({"event": "renamed", "from": old.name, "name": new.name})
+
+    async def update_txt(self, txt: bytes) -> None:
+        """A presence change: the TXT is re-announced in place, never goodbye + re-add
+        (peers would see the contact leave and come back)."""
+        if self.record is None or self._info is None:
+            raise UnavailableError("not published")
+        self.record.txt = txt
+        self._info = self.record.info()
+        await (await self.azc.async_update_service(self._info))
+
+    async def withdraw(self) -> None:
+        """Goodbyes (TTL 0) for everything we published, so peers drop us at once."""
+        if self._defender is not None:
+            self._defender.cancel()
+        if self._info is not None:
+            await (await self.azc.async_unregister_service(self._info))
+        self.record = self._info = None
+
+
+async def send_goodbyes(azc: AsyncZeroconf, record: Record) -> None:
+    """Goodbyes on behalf of a dead process: receivers match records by content, not by
+    sender, so rebuilding the records is enough (zeroconf-facts.md 4e')."""
+    info = record.info()
+    for i in range(3):
+        if i:
+            await asyncio.sleep(0.125)
+        azc.zeroconf.async_send(
+            azc.zeroconf.generate_service_broadcast(info, 0, bool(record.addresses))
+        )
