@@ -151,8 +151,7 @@ class Host:
         (a real uid) if given. Each step execs the next, so the returned process's pid
         is the command's own and signals reach it directly."""
         if user is not None:
-            ensure_user(user)
-            pw = pwd.getpwnam(user)
+            pw = pwd.getpwuid(ensure_user(user))
             argv = [
                 "setpriv",
                 f"--reuid={pw.pw_uid}",
