@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 from xmppll import caps, control, identity
 from xmppll.errors import IOFailure, UnavailableError, XmpplError
+from xmppll.inbox import Inbox, read_after
+from xmppll.incoming import IncomingServer, normalize, same_address
 from xmppll.link import local_addresses, mdns_port_taken, open_link
 from xmppll.peers import PeerView
 from xmppll.presence import Presence, check_status, encode_txt
@@ -29,6 +32,7 @@ from xmppll.publish import Publisher, Record, choose_host
 
 DEFAULT_PORT = 5298
 REFRESH_INTERVAL = 10.0
+LOOKUP_WAIT = 1.5  # how long a stream waits to resolve a sender it does not know yet
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -39,6 +43,8 @@ class AgentConfig:
     interfaces: list[str] = field(default_factory=list)
     rename: bool = True
     port_given: bool = False
+    verify: str = "mark"
+    publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -93,6 +99,9 @@ class Agent:
         self.publisher: Publisher | None = None
         self.view: PeerView | None = None
         self.listeners: list[socket.socket] = []
+        self.inbox: Inbox | None = None
+        self.incoming: IncomingServer | None = None
+        self.ready = asyncio.Event()
         self._lock_fd: int | None = None
         self._control: asyncio.AbstractServer | None = None
         self._socket_path: Path | None = None
@@ -114,26 +123,65 @@ class Agent:
         mine = local_addresses(self.config.interfaces or None)
         azc = await open_link(self.config.interfaces or None)
         try:
-            label = identity.host_label()
-            host = asyncio.ensure_future(choose_host(azc.zeroconf, label, mine, shared=shared))
-            self.publisher = Publisher(azc, rename=self.config.rename, on_event=self._on_publish)
-            record = await self.publisher.publish(
-                Record(self.config.name, f"{label}.local.", self.presence.port, self.txt(), []),
-                host,
-            )
-            server, addresses = record.server, record.addresses
-            await self._start_control(record.name)
-            self.view = PeerView(azc.zeroconf, on_event=self._on_peer, exclude={record.name})
+            self.view = PeerView(azc.zeroconf, on_event=self._on_peer,
+                                 exclude={self.config.name})
             await self.view.start()
-            self._save_record(record)
-            self.emit({"event": "announced", "name": record.name, "host": server.rstrip("."),
-                       "addresses": addresses, "port": record.port, **self._presence_json()})
+            self.inbox = Inbox(self.state)
+            self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
+                                           lookup=self._lookup, owners=self._owners,
+                                           verify=self.config.verify)
+            await self.incoming.start(self.listeners)
+            if self.config.publish:
+                await self._publish(azc, mine, shared)
+            else:
+                await self._start_control(self.config.name)
+                self.emit({"event": "listening", "name": self.config.name,
+                           "port": self.presence.port, "addresses": [a.address for a in mine]})
             refresher = asyncio.ensure_future(self._refresh_loop())
             self._install_signals()
+            self.ready.set()
             await self.stop_event.wait()
             refresher.cancel()
         finally:
             await self._shutdown(azc)
+
+    async def _publish(self, azc: Any, mine: list, shared: bool) -> None:
+        label = identity.host_label()
+        host = asyncio.ensure_future(choose_host(azc.zeroconf, label, mine, shared=shared))
+        self.publisher = Publisher(azc, rename=self.config.rename, on_event=self._on_publish)
+        record = await self.publisher.publish(
+            Record(self.config.name, f"{label}.local.", self.presence.port, self.txt(), []),
+            host,
+        )
+        assert self.view is not None
+        self.view.exclude_name(record.name)
+        await self._start_control(record.name)
+        self._save_record(record)
+        self.emit({"event": "announced", "name": record.name,
+                   "host": record.server.rstrip("."), "addresses": record.addresses,
+                   "port": record.port, **self._presence_json()})
+
+    async def _lookup(self, name: str) -> list[str] | None:
+        """The addresses `name` advertises, asking the link when it is not cached yet
+        (a sender that published itself a moment ago)."""
+        assert self.view is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOOKUP_WAIT
+        while True:
+            peer = self.view.find(name)
+            if peer is not None or loop.time() >= deadline:
+                return peer["addresses"] if peer else None
+            self.view.ask(name)
+            self.view.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.view.changed.wait(), deadline - loop.time())
+
+    def _owners(self, address: str, scope: str | None) -> list[str]:
+        assert self.view is not None
+        return [
+            peer["name"] for peer in self.view.peers.values()
+            if any(same_address(normalize(a), (address, scope)) for a in peer["addresses"])
+        ]
 
     def _take_lock(self) -> None:
         """One agent per name: a second one refuses with a clear error; the lock dies
@@ -183,11 +231,21 @@ class Agent:
                 self.view.refresh()
 
     def _install_signals(self) -> None:
+        """Signals reach only the main thread; `listen` runs its agent in another one
+        and stops it through `stop()`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
 
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Thread-safe: ask the agent to withdraw and exit."""
+        loop.call_soon_threadsafe(self.stop_event.set)
+
     async def _shutdown(self, azc: Any) -> None:
+        if self.incoming:
+            await self.incoming.close()
         if self.view:
             await self.view.stop()
         if self.publisher and self.publisher.record:
@@ -198,6 +256,8 @@ class Agent:
         await self._stop_control()
         for sock in self.listeners:
             sock.close()
+        if self.inbox:
+            self.inbox.close()
         await azc.async_close()
 
     # --- control socket -------------------------------------------------------
@@ -301,6 +361,30 @@ class Agent:
         finally:
             self.subscribers.discard(queue)
 
+    async def op_inbox(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Streams stored stanzas with seq > `after` (default: from now on), then each
+        new one as soon as it is on disk."""
+        assert self.inbox is not None
+        queue: asyncio.Queue = asyncio.Queue()
+        self.inbox.subscribers.add(queue)
+        try:
+            after = req.get("after")
+            last = self.inbox.seq if after is None else int(after)
+            await _reply(writer, {"ok": True, "seq": self.inbox.seq})
+            for record in read_after(self.state, last):
+                writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+                last = record["seq"]
+                await writer.drain()
+            while True:
+                record = await queue.get()
+                if record["seq"] <= last:
+                    continue
+                writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+                last = record["seq"]
+                await writer.drain()
+        finally:
+            self.inbox.subscribers.discard(queue)
+
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await _reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
@@ -326,3 +410,45 @@ async def _reply(writer: asyncio.StreamWriter, data: dict[str, Any]) -> None:
 def run_agent(config: AgentConfig, emit: Emit) -> None:
     """Entry point for `announce`: runs the agent to completion in this process."""
     asyncio.run(Agent(config, emit).run())
+
+
+class BackgroundAgent:
+    """An agent on a thread of this process, for `listen` when none runs: it is then
+    used through its control socket like any other, so one code path prints."""
+
+    def __init__(self, config: AgentConfig, emit: Emit) -> None:
+        self.agent: Agent | None = None
+        self.error: BaseException | None = None
+        self._config, self._emit = config, emit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="xmppll-agent", daemon=True)
+
+    def start(self) -> str:
+        """Returns the published name once the agent serves its control socket."""
+        self._thread.start()
+        self._started.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.agent is not None
+        return self.agent.name
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self.agent = Agent(self._config, self._emit)
+            waiter = asyncio.ensure_future(self.agent.ready.wait())
+            waiter.add_done_callback(lambda _: self._started.set())
+            await self.agent.run()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the main thread by start()
+            self.error = exc
+        finally:
+            self._started.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.agent is not None and self._loop is not None and self._thread.is_alive():
+            self.agent.stop(self._loop)
+        self._thread.join(timeout)

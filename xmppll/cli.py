@@ -259,6 +259,212 @@ def _withdraw_agent(name: str) -> dict[str, Any]:
     return {"name": reply["name"]}
 
 
+VERIFY_CHOICE = click.Choice(["strict", "mark", "off"])
+
+
+def verbose_option(func: Any) -> Any:
+    return click.option("--verbose", "-v", is_flag=True,
+                        help="Show the mDNS and stream steps on stderr.")(func)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("xmppll: %(message)s"))
+    logger = logging.getLogger("xmppll")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@cli.command()
+@click.argument("to", required=False)
+@click.argument("text", nargs=-1)
+@click.option("--from", "from_", metavar="NAME", help="Send as NAME [default: user@host].")
+@click.option("--type", "type_", type=click.Choice(["chat", "normal", "headline"]),
+              default="chat", show_default=True, help="Message type.")
+@click.option("--subject", help="Message subject.")
+@click.option("--thread", help="Conversation thread id.")
+@click.option("--receipt", is_flag=True, help="Ask for an XEP-0184 receipt and succeed "
+              "only when it comes back.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to deliver each message.")
+@click.option("--wait", type=float, default=0.0, help="Seconds to wait for TO to appear "
+              "on the link.")
+@click.option("--json", "json_input", is_flag=True, help="Read JSON Lines of the stanza "
+              "shape from stdin (to and body required).")
+@click.option("--lines", is_flag=True, help="One message per line of stdin.")
+@click.option("--all", "everyone", is_flag=True, help="Send to every peer on the link.")
+@interface_option
+@verbose_option
+def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
+         subject: str | None, thread: str | None, receipt: bool, timeout: float,
+         wait: float, json_input: bool, lines: bool, everyone: bool,
+         interfaces: tuple[str, ...], verbose: bool) -> None:
+    """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it."""
+    import asyncio
+
+    from xmppll import identity, sending
+
+    _setup_logging(verbose)
+    if timeout <= 0 or wait < 0:
+        raise UsageError("--timeout must be positive and --wait not negative")
+    if everyone and to:
+        text = (to, *text)
+        to = None
+    if not to and not everyone and not json_input:
+        raise UsageError("missing TO: name a peer, or use --all or --json")
+    if json_input and (text or lines):
+        raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
+    me = identity.check_instance_name(from_ or identity.default_name())
+    base = {"type": type_, "subject": subject, "thread": thread}
+    records = _json_records(to) if json_input else _text_records(to, text, lines, base)
+    options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
+                              interfaces=_check_interfaces(interfaces))
+    asyncio.run(sending.send_all(records, options, everyone=everyone))
+
+
+async def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
+                        base: dict[str, Any]) -> Any:
+    import asyncio
+
+    if text:
+        yield 0, {**base, "to": to, "body": " ".join(text)}
+        return
+    if sys.stdin.isatty() and not lines:
+        raise UsageError("no message: give TEXT, or pipe it on stdin")
+    loop = asyncio.get_running_loop()
+    if not lines:
+        body = await loop.run_in_executor(None, sys.stdin.read)
+        yield 0, {**base, "to": to, "body": body.removesuffix("\n")}
+        return
+    lineno = 0
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        lineno += 1
+        yield lineno, {**base, "to": to, "body": line.removesuffix("\n")}
+
+
+async def _json_records(default_to: str | None) -> Any:
+    """JSON Lines of the stanza shape, read as they come (a pipe from `listen`)."""
+    import asyncio
+    import json
+
+    from xmppll.errors import DataError
+
+    loop = asyncio.get_running_loop()
+    lineno = 0
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        lineno += 1
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"line {lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"line {lineno}: expected a JSON object")
+        if default_to and not record.get("to"):
+            record["to"] = default_to
+        if not isinstance(record.get("to"), str) or not isinstance(record.get("body"), str):
+            raise DataError(f"line {lineno}: \"to\" and \"body\" must be strings")
+        yield lineno, record
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--backlog", is_flag=True, help="First print what arrived while no "
+              "listener was reading.")
+@click.option("--exec", "command", metavar="CMD", help="Run CMD for each stanza, its "
+              "JSON on stdin.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also append each line "
+              "to FILE (fsync'd).")
+@click.option("--verify", type=VERIFY_CHOICE, default="mark", show_default=True,
+              help="Unverified senders: reject, mark verified:false, or skip the check "
+              "(when this command starts the agent).")
+@click.option("--port", type=int, default=None, help="Port to serve when this command "
+              "starts the agent.")
+@click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
+              "(when this command starts the agent).")
+@interface_option
+@json_option
+@verbose_option
+def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
+           verify: str, port: int | None, no_announce: bool, interfaces: tuple[str, ...],
+           as_json: bool | None, verbose: bool) -> None:
+    """Print each received stanza as one JSON line (a readable line on a terminal).
+
+    Follows the running agent's inbox; with none running, runs one in the foreground
+    until interrupted."""
+    import json
+    from pathlib import Path
+
+    from xmppll import identity, listening
+    from xmppll.inbox import Cursor
+
+    _setup_logging(verbose)
+    emit_json = render.wants_json(as_json)
+    ifaces = _check_interfaces(interfaces)
+    background = None
+    agent = _running(name)
+    if not agent:
+        background, agent = _start_agent(name, verify, port, no_announce, ifaces)
+    cursor = Cursor(identity.state_dir(agent))
+    runner = listening.Runner(command) if command else None
+    out = listening.FileOutput(Path(output)) if output else None
+
+    def show(record: dict[str, Any]) -> None:
+        if emit_json:
+            render.write_json(record)
+        else:
+            render.write_line(render.stanza_line(record))
+
+    try:
+        after = cursor.get() if backlog else None
+        from xmppll import control
+
+        records = control.stream(agent, "inbox", **({"after": after} if after is not None
+                                                      else {}))
+        listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
+                          to_json=lambda r: json.dumps(r, ensure_ascii=False))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if runner:
+            runner.close()
+        if background is not None:
+            background.stop()
+
+
+def _running(name: str | None) -> str | None:
+    """The agent to follow, or None when none runs (several, unnamed: a usage error)."""
+    from xmppll import control
+    from xmppll.errors import UnavailableError
+
+    try:
+        return control.find_agent(name)
+    except UnavailableError:
+        return None
+
+
+def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
+                 ifaces: list[str] | None) -> tuple[Any, str]:
+    from xmppll import identity
+    from xmppll.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
+    from xmppll.presence import Presence
+
+    config = AgentConfig(
+        name=identity.check_instance_name(name or identity.default_name()),
+        presence=Presence(port=port or DEFAULT_PORT), interfaces=ifaces or [],
+        port_given=port is not None, verify=verify, publish=not no_announce,
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        sys.stderr.write(f"xmppll: {render.agent_event_line(event)}\n")
+
+    background = BackgroundAgent(config, emit)
+    return background, background.start()
+
+
 def main() -> None:
     """Console entry point: map every failure to one stderr line and an exit code."""
     warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
@@ -273,7 +479,19 @@ def main() -> None:
         sys.exit(130)
     except XmpplError as exc:
         render.error(str(exc))
+        _quiet_stdout()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, the interpreter's final flush of stdout would fail again
+    and print a traceback: point stdout at /dev/null first."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

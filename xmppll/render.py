@@ -96,6 +96,18 @@ def agent_event_line(event: dict[str, Any]) -> str:
     return safe(json.dumps(event, ensure_ascii=False))
 
 
+def stanza_line(record: dict[str, Any]) -> str:
+    """A received stanza for a person: time, sender (? when unverified), text."""
+    when = (record.get("received") or "")[11:19]
+    mark = "" if record.get("verified") else " (unverified)"
+    sender = record.get("from") or (record.get("peer") or {}).get("name") or "?"
+    if record.get("kind") == "message" and record.get("body") is not None:
+        text = record["body"]
+    else:
+        text = f"<{record.get('kind')}> {record.get('xml', '')}"
+    return f"[{when}] {safe(sender)}{mark}: {safe(text)}"
+
+
 def error(message: str) -> None:
     sys.stderr.write(f"xmppll: error: {safe(message)}\n")
     sys.stderr.flush()

@@ -1,0 +1,293 @@
+"""Incoming streams: the agent's TCP server on the advertised port (IPv4 and IPv6).
+
+Each connection gets our header at once, in a write of its own (libpurple waits for it
+before sending anything, and crashes when the header and an element arrive in one
+read); every stanza goes to the inbox before it is acknowledged (receipt, or our
+closing tag that tells a one-shot sender "delivered"); the sender's identity is
+checked against the addresses it advertises over mDNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from xmppll import stanza as st
+from xmppll.errors import IOFailure
+from xmppll.inbox import Inbox
+from xmppll.stream import (
+    CLOSE,
+    FEATURES_EMPTY,
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    STREAM_NS,
+    Stanza,
+    StreamClose,
+    StreamError,
+    StreamOpen,
+    StreamParser,
+    header,
+    serialize,
+    split_tag,
+)
+
+log = logging.getLogger("xmppll")
+READ_SIZE = 65536
+MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before we stop reading
+VERIFY_POLICIES = ("strict", "mark", "off")
+
+# (name) -> advertised addresses, resolving the peer if it is not known yet
+Lookup = Callable[[str], Awaitable[list[str] | None]]
+# (address, scope) -> names of peers advertising it
+Owners = Callable[[str, str | None], list[str]]
+
+
+def normalize(address: str) -> tuple[str, str | None]:
+    """(address, scope) with IPv4-mapped IPv6 turned back into IPv4, so one peer is
+    one address however the socket family presented it."""
+    text, _, scope = address.partition("%")
+    addr = ipaddress.ip_address(text)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped), None
+    return str(addr), (scope or None) if addr.version == 6 and addr.is_link_local else None
+
+
+def same_address(a: tuple[str, str | None], b: tuple[str, str | None]) -> bool:
+    """Equal addresses; a link-local one must also be on the same interface."""
+    if a[0] != b[0]:
+        return False
+    return a[1] is None or b[1] is None or a[1] == b[1]
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> tuple[str, int, str | None]:
+    peer = writer.get_extra_info("peername")
+    host, port = peer[0], peer[1]
+    addr, scope = normalize(host)
+    if scope is None and len(peer) == 4 and peer[3] and ":" in addr:
+        try:
+            scope = socket.if_indextoname(peer[3])
+        except OSError:
+            scope = str(peer[3])
+    return addr, port, scope
+
+
+def _stream_error(condition: str, text: str | None = None) -> bytes:
+    ns = "urn:ietf:params:xml:ns:xmpp-streams"
+    detail = ""
+    if text:
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        detail = f"<text xmlns='{ns}'>{escaped}</text>"
+    return (f"<stream:error><{condition} xmlns='{ns}'/>{detail}</stream:error>").encode() + CLOSE
+
+
+@dataclass
+class Identity:
+    name: str | None
+    verified: bool | None
+
+
+class Session:
+    """One incoming stream, from accept to close."""
+
+    def __init__(self, server: IncomingServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.address, self.port, self.scope = _peer_address(writer)
+        self.parser = StreamParser()
+        self.opened: StreamOpen | None = None
+        self.identity: Identity | None = None
+        self.unstored: list[asyncio.Future] = []
+        self.where = f"{self.address}{'%' + self.scope if self.scope else ''}:{self.port}"
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except StreamError as exc:
+            log.warning("stream from %s closed: %s", self.where, exc)
+            await self._send(_stream_error("not-well-formed", str(exc)))
+        except TimeoutError:
+            what = "no stream header" if self.opened is None else "idle"
+            log.warning("stream from %s closed: %s timeout", self.where, what)
+            await self._send(_stream_error("connection-timeout"))
+        except IOFailure as exc:
+            log.error("stream from %s closed: %s", self.where, exc)
+            await self._send(_stream_error("resource-constraint", "the inbox cannot store"))
+        except _Refused as exc:
+            log.warning("stream from %s refused: %s", self.where, exc)
+            await self._send(_stream_error("not-authorized", str(exc)))
+        except (ConnectionError, OSError) as exc:
+            log.info("stream from %s dropped: %s", self.where, exc)
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+            for fut in self.unstored:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+
+    async def _loop(self) -> None:
+        while True:
+            timeout = HEADER_TIMEOUT if self.opened is None else IDLE_TIMEOUT
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            if not data:
+                await self._settle()  # the peer dropped TCP after (or without) its close
+                return
+            try:
+                events = self.parser.feed(data)
+            except StreamError as exc:
+                for event in exc.events:  # what arrived whole before the fault is kept
+                    await self._handle(event)
+                await self._settle()
+                raise
+            for event in events:
+                if await self._handle(event):
+                    return
+            if len(self.unstored) > MAX_UNSTORED:
+                await self._settle()
+
+    async def _handle(self, event: Any) -> bool:
+        """True when the stream is over."""
+        if isinstance(event, StreamOpen):
+            await self._open(event)
+        elif isinstance(event, Stanza):
+            await self._stanza(event)
+        elif isinstance(event, StreamClose):
+            await self._settle()
+            await self._send(CLOSE)
+            return True
+        return False
+
+    async def _open(self, event: StreamOpen) -> None:
+        self.opened = event
+        claimed = event.attrs.get("from") or None
+        v10 = event.attrs.get("version") == "1.0"
+        await self._send(header(from_=self.server.name(), to=claimed,
+                                version="1.0" if v10 else None))
+        if v10:
+            await self._send(FEATURES_EMPTY)
+        if claimed:
+            self.identity = await self.server.identify(claimed, self.address, self.scope)
+
+    async def _stanza(self, event: Stanza) -> None:
+        element = event.element
+        ns, local = split_tag(element.tag)
+        if ns == STREAM_NS:
+            if local == "error":
+                log.warning("stream from %s: peer sent a stream error: %s", self.where, event.xml)
+            return  # stream:features from an initiator (Salut) are accepted and ignored
+        if self.identity is None:
+            self.identity = await self.server.identify(
+                element.get("from") or None, self.address, self.scope
+            )
+        if self.server.verify == "strict" and not self.identity.verified:
+            raise _Refused(f"sender {self.identity.name or 'unknown'} is not verified")
+        record = st.to_json(element, event.xml)
+        record["peer"] = {"address": self.address, "port": self.port, "name": self.identity.name}
+        if self.scope:
+            record["peer"]["scope"] = self.scope
+        record["verified"] = self.identity.verified
+        record["received"] = _now()
+        stored = self.server.inbox.submit(record)
+        self.unstored.append(stored)
+        answer = self._answer(element)
+        if answer is not None:
+            stored.add_done_callback(lambda fut: self._reply_when_stored(fut, answer))
+
+    def _answer(self, element: Any) -> bytes | None:
+        me = self.server.name()
+        if split_tag(element.tag)[1] == "iq":
+            reply = st.iq_response(element, from_=me)
+            return serialize(reply).encode() if reply is not None else None
+        receipt_id = st.receipt_request_id(element)
+        if receipt_id and element.get("from"):
+            return serialize(st.build_receipt(element.get("from"), me, receipt_id)).encode()
+        return None
+
+    def _reply_when_stored(self, stored: asyncio.Future, answer: bytes) -> None:
+        """XEP-0184: the receipt says "it is in the inbox", so only after fsync."""
+        if stored.cancelled() or stored.exception() is not None:
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(answer)
+
+    async def _settle(self) -> None:
+        """Wait until everything received so far is on disk; raises IOFailure if not."""
+        pending, self.unstored = self.unstored, []
+        for fut in pending:
+            await fut
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), 10)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class IncomingServer:
+    """Accepts streams on already-bound listening sockets."""
+
+    def __init__(self, *, name: Callable[[], str], inbox: Inbox, lookup: Lookup,
+                 owners: Owners, verify: str = "mark") -> None:
+        self.name = name
+        self.inbox = inbox
+        self.lookup = lookup
+        self.owners = owners
+        self.verify = verify
+        self.sessions: set[asyncio.Task] = set()
+        self.accepted = 0
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, socks: list[socket.socket]) -> None:
+        for sock in socks:
+            self._servers.append(await asyncio.start_server(self._accept, sock=sock))
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
+        try:
+            await Session(self, reader, writer).run()
+        finally:
+            self.sessions.discard(task)
+
+    async def identify(self, claimed: str | None, address: str,
+                       scope: str | None) -> Identity:
+        """Who is on the other end: the claimed name if it advertises this address,
+        else the only peer that advertises it; `verified` says whether that held."""
+        if self.verify == "off":
+            return Identity(claimed, None)
+        if claimed:
+            advertised = await self.lookup(claimed)
+            if advertised and any(same_address(normalize(a), (address, scope))
+                                  for a in advertised):
+                return Identity(claimed, True)
+            return Identity(claimed, False)
+        owners = self.owners(address, scope)
+        if len(owners) == 1:
+            return Identity(owners[0], True)
+        return Identity(None, False)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self.sessions):
+            task.cancel()
+        if self.sessions:
+            await asyncio.gather(*self.sessions, return_exceptions=True)

@@ -1,0 +1,87 @@
+"""`listen`: follow the agent's inbox and hand each stanza on: stdout, a file, a
+command. A line counts as printed only once it is flushed; the cursor then moves past
+it, so a listener killed at any moment and restarted with `--backlog` resumes right
+after the last line it delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from xmppll.errors import IOFailure
+from xmppll.inbox import Cursor
+
+log = logging.getLogger("xmppll")
+EXEC_CONCURRENCY = 4
+
+
+class Runner:
+    """Runs CMD once per stanza with its JSON on stdin, at most EXEC_CONCURRENCY at a
+    time; a failing command is logged and never stops the listener."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.pool = ThreadPoolExecutor(EXEC_CONCURRENCY)
+        self.slots = threading.BoundedSemaphore(EXEC_CONCURRENCY * 2)
+
+    def submit(self, line: str, seq: int) -> None:
+        self.slots.acquire()
+        future = self.pool.submit(self._run, line, seq)
+        future.add_done_callback(lambda _: self.slots.release())
+
+    def _run(self, line: str, seq: int) -> None:
+        try:
+            done = subprocess.run(self.command, shell=True, input=line + "\n", text=True,
+                                  check=False)
+        except OSError as exc:
+            log.error("--exec %r for stanza %d failed to start: %s", self.command, seq, exc)
+            return
+        if done.returncode != 0:
+            log.warning("--exec %r exited %d for stanza %d", self.command, done.returncode,
+                        seq)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class FileOutput:
+    """--output FILE: appended and fsync'd line by line (it is a log of record)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise IOFailure(f"cannot open {path}: {exc.strerror}") from exc
+        self.path = path
+
+    def write(self, line: str) -> None:
+        try:
+            os.write(self.fd, (line + "\n").encode())
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise IOFailure(f"cannot write {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def consume(records: Iterable[dict[str, Any]], *, cursor: Cursor,
+            show: Callable[[dict[str, Any]], None],
+            output: FileOutput | None = None, runner: Runner | None = None,
+            to_json: Callable[[dict[str, Any]], str]) -> None:
+    """Deliver each record everywhere asked, then advance the cursor past it."""
+    for record in records:
+        line = to_json(record)
+        if output is not None:
+            output.write(line)
+        show(record)
+        if runner is not None:
+            runner.submit(line, record["seq"])
+        cursor.set(record["seq"])

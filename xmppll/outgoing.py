@@ -1,0 +1,254 @@
+"""Outgoing streams: open one to a peer, send stanzas, close it and know whether they
+were delivered.
+
+"Delivered" means the peer closed its side after reading our closing tag (XEP-0174
+§end); with receipts requested, that each XEP-0184 receipt came back. A peer that
+drops the connection before that, or sends a stream error, did not take the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from xmppll import stanza as st
+from xmppll.errors import (
+    ProtocolFailure,
+    TimeoutFailure,
+    UnavailableError,
+)
+from xmppll.stream import (
+    CLOSE,
+    STREAM_NS,
+    Stanza,
+    StreamClose,
+    StreamError,
+    StreamOpen,
+    StreamParser,
+    header,
+    serialize,
+    split_tag,
+)
+
+READ_SIZE = 65536
+
+
+class Rejected(UnavailableError):
+    """The peer closed the connection before taking anything: libpurple does this at
+    accept when it has not resolved us as a published buddy, so a retry after
+    publishing ourselves may succeed."""
+
+
+@dataclass
+class Target:
+    name: str
+    addresses: list[str]
+    port: int
+
+
+@dataclass
+class Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    address: str
+    parser: StreamParser = field(default_factory=StreamParser)
+    peer_header: dict[str, str] | None = None
+    closed_by_peer: bool = False
+    receipts: set[str] = field(default_factory=set)
+    error: str | None = None
+
+
+def _order(addresses: list[str]) -> list[str]:
+    """IPv4 first: it needs no scope and every peer listens on it; then IPv6."""
+    return sorted(addresses, key=lambda a: ":" in a)
+
+
+def _source_for(address: str, sources: list[str]) -> str | None:
+    """One of our advertised addresses in the same family (and for link-local, on the
+    same interface), so strict peers that match the source to our record accept us."""
+    v6 = ":" in address
+    scope = address.partition("%")[2]
+    for src in sources:
+        if (":" in src) != v6:
+            continue
+        if v6 and src.lower().startswith("fe80") and scope and src.partition("%")[2] not in (
+            "", scope
+        ):
+            continue
+        return src.partition("%")[0] + (f"%{scope}" if v6 and scope and
+                                         src.lower().startswith("fe80") else "")
+    return None
+
+
+async def connect(target: Target, *, timeout: float,
+                  sources: list[str] | None = None) -> Connection:
+    """TCP to each advertised address in turn; the first that answers wins."""
+    errors: list[str] = []
+    refused = False
+    for address in _order(target.addresses):
+        local = _source_for(address, sources or [])
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                address, target.port, type=socket.SOCK_STREAM)
+            local_addr = None
+            if local:
+                local_infos = await asyncio.get_running_loop().getaddrinfo(
+                    local, 0, type=socket.SOCK_STREAM)
+                local_addr = local_infos[0][4]
+            family, _, _, _, sockaddr = infos[0]
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(sockaddr[0], target.port, family=family,
+                                        local_addr=local_addr if local_addr else None,
+                                        limit=READ_SIZE * 4),
+                timeout,
+            )
+            return Connection(reader, writer, address)
+        except ConnectionRefusedError:
+            refused = True
+            errors.append(f"{address}: refused")
+        except TimeoutError:
+            errors.append(f"{address}: no answer")
+        except OSError as exc:
+            errors.append(f"{address}: {exc.strerror or exc}")
+    detail = "; ".join(errors) or "no address advertised"
+    if refused:
+        raise UnavailableError(f"{target.name} refused the connection on port "
+                               f"{target.port} ({detail})")
+    raise TimeoutFailure(f"cannot reach {target.name} on port {target.port} ({detail})")
+
+
+async def _read_events(conn: Connection, timeout: float) -> list:
+    data = await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+    if not data:
+        conn.closed_by_peer = True
+        return []
+    try:
+        events = conn.parser.feed(data)
+    except StreamError as exc:
+        raise ProtocolFailure(f"the peer broke the stream protocol: {exc}") from None
+    for event in events:
+        if isinstance(event, StreamOpen):
+            conn.peer_header = event.attrs
+        elif isinstance(event, StreamClose):
+            conn.closed_by_peer = True
+        elif isinstance(event, Stanza):
+            _note(conn, event)
+    return events
+
+
+def _note(conn: Connection, event: Stanza) -> None:
+    ns, local = split_tag(event.element.tag)
+    if ns == STREAM_NS and local == "error":
+        conn.error = _error_condition(event.element)
+        return
+    ack = st.receipt_ack_id(event.element)
+    if ack:
+        conn.receipts.add(ack)
+
+
+def _error_condition(element: ET.Element) -> str:
+    for child in element:
+        local = split_tag(child.tag)[1]
+        if local != "text":
+            return local
+    return "undefined-condition"
+
+
+class Session:
+    """One outgoing stream to one peer."""
+
+    def __init__(self, conn: Connection, *, me: str, peer: str, timeout: float) -> None:
+        self.conn = conn
+        self.me = me
+        self.peer = peer
+        self.timeout = timeout
+
+    async def open(self) -> None:
+        """Our header, then the peer's: we never require its `from` or `version`, nor
+        features (libpurple sends neither; iChat no from)."""
+        self.conn.writer.write(header(from_=self.me, to=self.peer, version="1.0"))
+        await self.conn.writer.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while self.conn.peer_header is None:
+            self._raise_if_failed(before_header=True)
+            await _read_events(self.conn, max(0.01, deadline - loop.time()))
+        self._raise_if_failed()
+
+    def _raise_if_failed(self, *, before_header: bool = False) -> None:
+        if self.conn.error:
+            if self.conn.error in ("not-authorized", "policy-violation"):
+                raise Rejected(f"{self.peer} refused our stream ({self.conn.error})")
+            raise ProtocolFailure(f"{self.peer} sent a stream error: {self.conn.error}")
+        if self.conn.closed_by_peer:
+            if before_header:
+                raise Rejected(f"{self.peer} closed the connection without answering "
+                               "(it accepts only senders it has resolved on the link)")
+            raise UnavailableError(f"{self.peer} closed the stream before our messages "
+                                   "were acknowledged")
+
+    async def send(self, elements: list[ET.Element]) -> None:
+        data = "".join(serialize(el) for el in elements).encode()
+        self.conn.writer.write(data)
+        await self.conn.writer.drain()
+
+    async def wait_receipts(self, ids: set[str]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while not ids <= self.conn.receipts:
+            self._raise_if_failed()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutFailure(f"no receipt from {self.peer} within {self.timeout:g} s")
+            await _read_events(self.conn, remaining)
+
+    async def close(self) -> None:
+        """Our closing tag, then wait for the peer's (or its TCP close): only then did
+        it read everything we sent."""
+        if self.conn.closed_by_peer or self.conn.error:
+            self._raise_if_failed()
+        self.conn.writer.write(CLOSE)
+        await self.conn.writer.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while not self.conn.closed_by_peer:
+            if self.conn.error:
+                self._raise_if_failed()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutFailure(f"{self.peer} did not close the stream within "
+                                     f"{self.timeout:g} s: delivery unconfirmed")
+            await _read_events(self.conn, remaining)
+        if self.conn.error:
+            self._raise_if_failed()
+        self.abort()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.writer.close()
+
+
+async def deliver(target: Target, elements: list[ET.Element], *, me: str, timeout: float,
+                  sources: list[str] | None = None, receipt_ids: set[str] | None = None
+                  ) -> None:
+    """One stream: connect, send, (receipts,) close. Raises an XmpplError with the
+    exit code that says what went wrong."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    conn = await connect(target, timeout=timeout, sources=sources)
+    session = Session(conn, me=me, peer=target.name, timeout=timeout)
+    try:
+        await session.open()
+        await session.send(elements)
+        if receipt_ids:
+            session.timeout = max(0.1, deadline - loop.time())
+            await session.wait_receipts(receipt_ids)
+        session.timeout = max(0.1, deadline - loop.time())
+        await session.close()
+    except (ConnectionError, OSError) as exc:
+        raise UnavailableError(f"{target.name} dropped the connection: {exc}") from None
+    finally:
+        session.abort()
