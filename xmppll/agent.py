@@ -32,7 +32,7 @@ from xmppll.publish import Publisher, Record, choose_host
 
 DEFAULT_PORT = 5298
 REFRESH_INTERVAL = 10.0
-LOOKUP_WAIT = 1.5  # how long a stream waits to resolve a sender it does not know yet
+LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -161,12 +161,12 @@ class Agent:
                    "host": record.server.rstrip("."), "addresses": record.addresses,
                    "port": record.port, **self._presence_json()})
 
-    async def _lookup(self, name: str) -> list[str] | None:
+    async def _lookup(self, name: str, wait: bool) -> list[str] | None:
         """The addresses `name` advertises, asking the link when it is not cached yet
         (a sender that published itself a moment ago)."""
         assert self.view is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOOKUP_WAIT
+        deadline = loop.time() + (LOOKUP_WAIT if wait else 0)
         while True:
             peer = self.view.find(name)
             if peer is not None or loop.time() >= deadline:

@@ -271,7 +271,7 @@ def _setup_logging(verbose: bool) -> None:
     import logging
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("xmppll: %(message)s"))
+    handler.setFormatter(logging.Formatter("xmppll: [%(relativeCreated)4d ms] %(message)s"))
     logger = logging.getLogger("xmppll")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)

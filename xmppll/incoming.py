@@ -43,8 +43,8 @@ READ_SIZE = 65536
 MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before we stop reading
 VERIFY_POLICIES = ("strict", "mark", "off")
 
-# (name) -> advertised addresses, resolving the peer if it is not known yet
-Lookup = Callable[[str], Awaitable[list[str] | None]]
+# (name, wait) -> advertised addresses; with wait, resolving a peer not known yet
+Lookup = Callable[[str, bool], Awaitable[list[str] | None]]
 # (address, scope) -> names of peers advertising it
 Owners = Callable[[str, str | None], list[str]]
 
@@ -274,7 +274,9 @@ class IncomingServer:
         if self.verify == "off":
             return Identity(claimed, None)
         if claimed:
-            advertised = await self.lookup(claimed)
+            # Only strict mode waits to resolve an unknown sender: under `mark` that
+            # wait would delay every unpublished sender's delivery for nothing.
+            advertised = await self.lookup(claimed, self.verify == "strict")
             if advertised and any(same_address(normalize(a), (address, scope))
                                   for a in advertised):
                 return Identity(claimed, True)
