@@ -22,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from xmppll import caps, control, identity
-from xmppll.errors import IOFailure, UnavailableError, XmpplError
+from xmppll import stanza as st
+from xmppll.errors import (
+    DataError,
+    IOFailure,
+    NoPeerError,
+    UnavailableError,
+    XmpplError,
+)
 from xmppll.inbox import Inbox, read_after
 from xmppll.incoming import IncomingServer, normalize, same_address
 from xmppll.link import local_addresses, mdns_port_taken, open_link
-from xmppll.peers import PeerView
+from xmppll.outgoing import ConnectFailed, StreamPool, Target
+from xmppll.peers import PeerView, wait_for_peer
 from xmppll.presence import Presence, check_status, encode_txt
 from xmppll.publish import Publisher, Record, choose_host
 
@@ -100,6 +108,7 @@ class Agent:
         self.view: PeerView | None = None
         self.listeners: list[socket.socket] = []
         self.inbox: Inbox | None = None
+        self.pool = StreamPool()
         self.incoming: IncomingServer | None = None
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
@@ -129,7 +138,8 @@ class Agent:
             self.inbox = Inbox(self.state)
             self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
                                            lookup=self._lookup, owners=self._owners,
-                                           verify=self.config.verify)
+                                           verify=self.config.verify,
+                                           on_receipt=self.pool.acknowledge)
             await self.incoming.start(self.listeners)
             if self.config.publish:
                 await self._publish(azc, mine, shared)
@@ -165,16 +175,8 @@ class Agent:
         """The addresses `name` advertises, asking the link when it is not cached yet
         (a sender that published itself a moment ago)."""
         assert self.view is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (LOOKUP_WAIT if wait else 0)
-        while True:
-            peer = self.view.find(name)
-            if peer is not None or loop.time() >= deadline:
-                return peer["addresses"] if peer else None
-            self.view.ask(name)
-            self.view.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.view.changed.wait(), deadline - loop.time())
+        peer = await wait_for_peer(self.view, name, LOOKUP_WAIT if wait else 0)
+        return peer["addresses"] if peer else None
 
     def _owners(self, address: str, scope: str | None) -> list[str]:
         assert self.view is not None
@@ -244,6 +246,7 @@ class Agent:
         loop.call_soon_threadsafe(self.stop_event.set)
 
     async def _shutdown(self, azc: Any) -> None:
+        await self.pool.close()
         if self.incoming:
             await self.incoming.close()
         if self.view:
@@ -385,9 +388,51 @@ class Agent:
         finally:
             self.inbox.subscribers.discard(queue)
 
+    async def op_send(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Deliver one message as our published name, from an address we advertise.
+        A failed connect re-resolves the peer and tries once more (RFC 6762 §10.4:
+        the cached address may be stale)."""
+        message = req.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("to"), str):
+            raise DataError("send: \"message\" must be an object with \"to\"")
+        timeout = float(req.get("send_timeout") or 10.0)
+        peer = await self._resolve(message["to"], float(req.get("wait") or 0))
+        reuse = bool(req.get("receipt")) or _speaks_receipts(peer)
+        element = st.message_from_json(message, from_=self.name, receipt=reuse)
+        try:
+            await self._deliver(peer, element, timeout, reuse)
+        except ConnectFailed:
+            assert self.view is not None
+            self.view.ask(peer["name"])
+            peer = await self._resolve(message["to"], 1.0)
+            await self._deliver(peer, element, timeout, reuse)
+        await _reply(writer, {"ok": True, "id": element.get("id"), "to": peer["name"],
+                              "streams_opened": self.pool.opened})
+
+    async def _resolve(self, name: str, wait: float) -> dict[str, Any]:
+        assert self.view is not None
+        peer = await wait_for_peer(self.view, name, max(wait, 1.5))
+        if peer is None:
+            raise NoPeerError(f"no peer named {name} on the link")
+        return peer
+
+    async def _deliver(self, peer: dict[str, Any], element: Any, timeout: float,
+                       reuse: bool) -> None:
+        rec = self.publisher.record if self.publisher else None
+        target = Target(peer["name"], peer["addresses"], peer["port"])
+        await self.pool.send(target, element, me=self.name, timeout=timeout,
+                             sources=rec.addresses if rec else None, receipts=reuse)
+
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await _reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
+
+
+def _speaks_receipts(peer: dict[str, Any]) -> bool:
+    """Whether the peer acknowledges with XEP-0184 receipts, which is what lets a
+    reused stream confirm each message: known for xmppll's own caps node."""
+    peer_caps = peer.get("caps") or {}
+    return peer_caps.get("node") == caps.CAPS_NODE
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:

@@ -301,10 +301,11 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, timeout: float,
          wait: float, json_input: bool, lines: bool, everyone: bool,
          interfaces: tuple[str, ...], verbose: bool) -> None:
-    """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it."""
-    import asyncio
+    """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
-    from xmppll import identity, sending
+    With an agent running (as the sender), the agent delivers: as its published name,
+    over a reused stream. Otherwise this command resolves and connects itself."""
+    from xmppll import identity
 
     _setup_logging(verbose)
     if timeout <= 0 or wait < 0:
@@ -319,42 +320,77 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     me = identity.check_instance_name(from_ or identity.default_name())
     base = {"type": type_, "subject": subject, "thread": thread}
     records = _json_records(to) if json_input else _text_records(to, text, lines, base)
+    ifaces = _check_interfaces(interfaces)
+    agent = None if ifaces else _sending_agent(from_)
+    if agent:
+        _send_via_agent(agent, records, everyone=everyone, timeout=timeout, wait=wait,
+                        receipt=receipt)
+        return
+    import asyncio
+
+    from xmppll import sending
+
     options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
-                              interfaces=_check_interfaces(interfaces))
+                              interfaces=ifaces)
     asyncio.run(sending.send_all(records, options, everyone=everyone))
 
 
-async def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
-                        base: dict[str, Any]) -> Any:
-    import asyncio
+def _sending_agent(from_: str | None) -> str | None:
+    """The running agent that sends for us: the one named --from, else the only or
+    default one; None sends standalone."""
+    from xmppll import control
 
+    agents = control.running_agents()
+    if from_ is not None:
+        return from_ if from_ in agents else None
+    try:
+        return control.find_agent(None) if agents else None
+    except UsageError:
+        return None
+
+
+def _send_via_agent(agent: str, records: Any, *, everyone: bool, timeout: float,
+                    wait: float, receipt: bool) -> None:
+    """One control request per message; the agent answers when the peer took it."""
+    from xmppll import control
+    from xmppll.errors import NoPeerError, at_line
+
+    names = [p["name"] for p in control.request(agent, "peers")["peers"]] if everyone else []
+    if everyone and not names:
+        raise NoPeerError("no peers on the link")
+    sent = 0
+    for lineno, record in records:
+        try:
+            for to in names or [record["to"]]:
+                control.request(agent, "send", message={**record, "to": to},
+                                timeout=timeout + wait + 5, send_timeout=timeout,
+                                wait=wait, receipt=receipt)
+                sent += 1
+        except XmpplError as exc:
+            raise at_line(exc, lineno, sent) from None
+
+
+def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
+                  base: dict[str, Any]) -> Any:
     if text:
         yield 0, {**base, "to": to, "body": " ".join(text)}
         return
     if sys.stdin.isatty() and not lines:
         raise UsageError("no message: give TEXT, or pipe it on stdin")
-    loop = asyncio.get_running_loop()
     if not lines:
-        body = await loop.run_in_executor(None, sys.stdin.read)
-        yield 0, {**base, "to": to, "body": body.removesuffix("\n")}
+        yield 0, {**base, "to": to, "body": sys.stdin.read().removesuffix("\n")}
         return
-    lineno = 0
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        lineno += 1
+    for lineno, line in enumerate(sys.stdin, 1):
         yield lineno, {**base, "to": to, "body": line.removesuffix("\n")}
 
 
-async def _json_records(default_to: str | None) -> Any:
+def _json_records(default_to: str | None) -> Any:
     """JSON Lines of the stanza shape, read as they come (a pipe from `listen`)."""
-    import asyncio
     import json
 
     from xmppll.errors import DataError
 
-    loop = asyncio.get_running_loop()
-    lineno = 0
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        lineno += 1
+    for lineno, line in enumerate(sys.stdin, 1):
         if not line.strip():
             continue
         try:

@@ -43,6 +43,14 @@ class ProtocolFailure(XmpplError):
     exit_code = 76  # EX_PROTOCOL
 
 
+def at_line(exc: XmpplError, lineno: int, sent: int) -> XmpplError:
+    """The same failure, saying which input line it was and what went out before it
+    (a script must know whether to resend the earlier lines)."""
+    where = f"line {lineno}: " if lineno else ""
+    before = f" ({sent} sent before it)" if sent else ""
+    return type(exc)(f"{where}{exc}{before}", exc.exit_code)
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success (message delivered, command done)",
     1: "interrupted or internal error",

@@ -190,6 +190,13 @@ class Session:
             )
         if self.server.verify == "strict" and not self.identity.verified:
             raise _Refused(f"sender {self.identity.name or 'unknown'} is not verified")
+        ack = st.receipt_ack_id(element)
+        if ack and self.server.on_receipt and st.to_json(element, "")["body"] is None:
+            # A bare receipt for a message our agent sent: consumed here (it completes
+            # that send), not stored as if someone had written to us.
+            log.info("receipt %s from %s", ack, self.where)
+            self.server.on_receipt(ack)
+            return
         record = st.to_json(element, event.xml)
         record["peer"] = {"address": self.address, "port": self.port, "name": self.identity.name}
         if self.scope:
@@ -243,8 +250,10 @@ class IncomingServer:
     """Accepts streams on already-bound listening sockets."""
 
     def __init__(self, *, name: Callable[[], str], inbox: Inbox, lookup: Lookup,
-                 owners: Owners, verify: str = "mark") -> None:
+                 owners: Owners, verify: str = "mark",
+                 on_receipt: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self.on_receipt = on_receipt
         self.inbox = inbox
         self.lookup = lookup
         self.owners = owners

@@ -19,6 +19,7 @@ from xmppll.errors import (
     ProtocolFailure,
     TimeoutFailure,
     UnavailableError,
+    XmpplError,
 )
 from xmppll.stream import (
     CLOSE,
@@ -40,6 +41,11 @@ class Rejected(UnavailableError):
     """The peer closed the connection before taking anything: libpurple does this at
     accept when it has not resolved us as a published buddy, so a retry after
     publishing ourselves may succeed."""
+
+
+class ConnectFailed(XmpplError):
+    """No advertised address took the TCP connection: refused (69) or silent (75).
+    The address may be stale, so the agent re-resolves and tries again."""
 
 
 @dataclass
@@ -115,9 +121,10 @@ async def connect(target: Target, *, timeout: float,
             errors.append(f"{address}: {exc.strerror or exc}")
     detail = "; ".join(errors) or "no address advertised"
     if refused:
-        raise UnavailableError(f"{target.name} refused the connection on port "
-                               f"{target.port} ({detail})")
-    raise TimeoutFailure(f"cannot reach {target.name} on port {target.port} ({detail})")
+        raise ConnectFailed(f"{target.name} refused the connection on port "
+                            f"{target.port} ({detail})", UnavailableError.exit_code)
+    raise ConnectFailed(f"cannot reach {target.name} on port {target.port} ({detail})",
+                        TimeoutFailure.exit_code)
 
 
 async def _read_events(conn: Connection, timeout: float) -> list:
@@ -252,3 +259,114 @@ async def deliver(target: Target, elements: list[ET.Element], *, me: str, timeou
         raise UnavailableError(f"{target.name} dropped the connection: {exc}") from None
     finally:
         session.abort()
+
+
+class _Pooled:
+    """An open stream to one peer, kept for reuse, with a reader that collects the
+    peer's receipts and notices when it goes away."""
+
+    def __init__(self, session: Session, pool: StreamPool, key: str) -> None:
+        self.session = session
+        self.pool = pool
+        self.key = key
+        self.sent = 0
+        self.idle: asyncio.TimerHandle | None = None
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        conn = self.session.conn
+        try:
+            while not conn.closed_by_peer and not conn.error:
+                await _read_events(conn, 3600)
+                for ack in conn.receipts:
+                    self.pool.acknowledge(ack)
+                conn.receipts.clear()
+        except (XmpplError, ConnectionError, OSError, TimeoutError):
+            pass
+        finally:
+            self.pool.forget(self)
+
+    def touch(self, idle: float) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(
+            idle, lambda: asyncio.ensure_future(self.close()))
+
+    async def close(self) -> None:
+        """Idle: close politely with our tag (XEP-0174 §end), then the socket."""
+        self.pool.forget(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        with contextlib.suppress(Exception):
+            self.session.conn.writer.write(CLOSE)
+            await asyncio.wait_for(self.session.conn.writer.drain(), 2)
+        self.reader.cancel()
+        self.session.abort()
+
+
+class StreamPool:
+    """The agent's outgoing streams. To peers that send receipts (XEP-0184) a stream
+    stays open for `idle` seconds and is reused, and a message counts as delivered when
+    its receipt comes back, on this stream or on one the peer opens to us. To peers
+    without receipts (libpurple) each message gets its own stream, delivered when the
+    peer closes after our closing tag."""
+
+    def __init__(self, *, idle: float = 10.0) -> None:
+        self.idle = idle
+        self.streams: dict[str, _Pooled] = {}
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.opened = 0
+
+    def acknowledge(self, msg_id: str) -> None:
+        future = self.waiting.get(msg_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def forget(self, pooled: _Pooled) -> None:
+        if self.streams.get(pooled.key) is pooled:
+            del self.streams[pooled.key]
+
+    async def send(self, target: Target, element: ET.Element, *, me: str, timeout: float,
+                   sources: list[str] | None, receipts: bool) -> None:
+        if not receipts:
+            await deliver(target, [element], me=me, timeout=timeout, sources=sources)
+            return
+        msg_id = element.get("id") or ""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[msg_id] = future
+        try:
+            pooled = await self._stream(target, me=me, timeout=timeout, sources=sources)
+            await pooled.session.send([element])
+            pooled.sent += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                raise TimeoutFailure(f"no receipt from {target.name} within {timeout:g} s"
+                                     ) from None
+            pooled.touch(self.idle)
+        except (ConnectionError, OSError) as exc:
+            raise UnavailableError(f"{target.name} dropped the connection: {exc}") from None
+        finally:
+            self.waiting.pop(msg_id, None)
+
+    async def _stream(self, target: Target, *, me: str, timeout: float,
+                      sources: list[str] | None) -> _Pooled:
+        key = target.name.lower()
+        pooled = self.streams.get(key)
+        if pooled is not None and not pooled.session.conn.closed_by_peer:
+            return pooled
+        conn = await connect(target, timeout=timeout, sources=sources)
+        session = Session(conn, me=me, peer=target.name, timeout=timeout)
+        try:
+            await session.open()
+        except BaseException:
+            session.abort()
+            raise
+        self.opened += 1
+        pooled = _Pooled(session, self, key)
+        self.streams[key] = pooled
+        return pooled
+
+    async def close(self) -> None:
+        for pooled in list(self.streams.values()):
+            await pooled.close()

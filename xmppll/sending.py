@@ -6,19 +6,18 @@ resolved sender (libpurple, `listen --verify strict`), which costs a probe (~0.9
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from xmppll import control, identity
 from xmppll import stanza as st
-from xmppll.errors import NoPeerError, XmpplError
+from xmppll.errors import NoPeerError, XmpplError, at_line
 from xmppll.link import local_addresses, mdns_port_taken, open_link
 from xmppll.outgoing import Rejected, Target, deliver
-from xmppll.peers import PeerView
+from xmppll.peers import PeerView, wait_for_peer
 from xmppll.presence import Presence, encode_txt
 from xmppll.publish import Publisher, Record, choose_host
 
@@ -69,25 +68,12 @@ class Link:
     async def resolve(self, name: str) -> Target:
         """The peer's SRV port and addresses; waits up to --wait for it to appear."""
         assert self.view is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(self.options.wait, RESOLVE_TIMEOUT)
-        asked = 0.0
-        while True:
-            peer = self.view.find(name)
-            if peer is not None:
-                log.info("resolved %s: %s port %s", name, ", ".join(peer["addresses"]),
-                         peer["port"])
-                return Target(peer["name"], peer["addresses"], peer["port"])
-            now = loop.time()
-            if now >= deadline:
-                raise NoPeerError(f"no peer named {name} on the link")
-            if now - asked >= 0.5:
-                self.view.ask(name)
-                self.view.query_ptr(known_answers=False)
-                asked = now
-            self.view.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.view.changed.wait(), min(0.5, deadline - now))
+        self.view.query_ptr(known_answers=False)
+        peer = await wait_for_peer(self.view, name, max(self.options.wait, RESOLVE_TIMEOUT))
+        if peer is None:
+            raise NoPeerError(f"no peer named {name} on the link")
+        log.info("resolved %s: %s port %s", name, ", ".join(peer["addresses"]), peer["port"])
+        return Target(peer["name"], peer["addresses"], peer["port"])
 
     async def all_peers(self) -> list[Target]:
         from xmppll.peers import browse_once
@@ -145,15 +131,24 @@ async def send_one(link: Link, target: Target, record: dict[str, Any]) -> str:
             await asyncio.sleep(0.1)  # let the peer resolve our announcement
 
 
-async def send_all(records: AsyncIterator[tuple[int, dict[str, Any]]], options: Options,
+async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Options,
                    *, everyone: bool = False) -> int:
-    """Send each (line number, record); returns how many were delivered. Stops at the
-    first failure, saying how many went out before it."""
+    """Send each (line number, record) as it is read (stdin may be a slow pipe);
+    returns how many were delivered. Stops at the first failure, saying how many went
+    out before it."""
     sent = 0
+    loop = asyncio.get_running_loop()
     async with Link(options) as link:
         targets: dict[str, Target] = {}
         everyone_targets = await link.all_peers() if everyone else []
-        async for lineno, record in records:
+        while True:
+            try:
+                item = await loop.run_in_executor(None, next, records, None)
+            except XmpplError as exc:
+                raise at_line(exc, 0, sent) from None
+            if item is None:
+                break
+            lineno, record = item
             try:
                 if everyone:
                     for target in everyone_targets:
@@ -166,9 +161,7 @@ async def send_all(records: AsyncIterator[tuple[int, dict[str, Any]]], options: 
                 await send_one(link, targets[to.lower()], record)
                 sent += 1
             except XmpplError as exc:
-                where = f"line {lineno}: " if lineno else ""
-                before = f" ({sent} sent before it)" if sent else ""
-                raise type(exc)(f"{where}{exc}{before}", exc.exit_code) from None
+                raise at_line(exc, lineno, sent) from None
     if everyone and not everyone_targets:
         raise NoPeerError("no peers on the link")
     return sent
