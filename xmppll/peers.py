@@ -9,6 +9,7 @@ and events are the differences between two truths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ _TYPE_A, _TYPE_PTR, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV = 1, 12, 16, 28, 33
 _CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
 _SUFFIX = "." + SERVICE_TYPE
 REFRESH_AT = 0.75  # re-query a peer's SRV/addresses at 75 % of their TTL (RFC 6762 §5.2)
+SCOPE_WAIT = 0.05  # how long a new peer waits for the IPv6 copy of its address records
 
 Event = dict[str, Any]
 
@@ -73,6 +75,7 @@ class PeerView(RecordUpdateListener):
         self._asked: dict[str, float] = {}
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._held: set[str] = set()
 
     async def start(self, *, browse: bool = True) -> None:
         """Listen (and let python-zeroconf's browser schedule its PTR queries and
@@ -126,6 +129,17 @@ class PeerView(RecordUpdateListener):
             self.seen.discard(key)
         if peer is not None and instance_of(key) in self.exclude:
             peer = None
+        if peer is not None and key not in self.peers and _unscoped(peer):
+            # Peers send each announcement over IPv4 and IPv6; an AAAA heard over IPv4
+            # has no scope, and fe80:: without one cannot be connected to. The IPv6
+            # copy (zeroconf keeps its scope) lands within milliseconds: wait for it
+            # once, rather than emit `added` with a useless address and an `updated`
+            # right after.
+            if key not in self._held:
+                self._held.add(key)
+                self._schedule(SCOPE_WAIT, key)
+                return
+        self._held.discard(key)
         self._emit(key, peer)
 
     def _emit(self, key: str, peer: Event | None) -> None:
@@ -184,6 +198,16 @@ class PeerView(RecordUpdateListener):
         self.zc.async_send(out)
         self._schedule(1.1, full.lower())
 
+    def find(self, name: str) -> Event | None:
+        """A peer by name, also when only its SRV/TXT/addresses are cached so far."""
+        full = _full(name)
+        return self.peers.get(full.lower()) or self._resolve_from_cache(
+            full, current_time_millis())
+
+    def ask(self, name: str) -> None:
+        """Query the link for one instance (SRV, TXT, addresses)."""
+        self._ask(_full(name), current_time_millis())
+
     def _schedule(self, delay: float, key: str) -> None:
         """Re-evaluate later: an unanswered question must not leave a name pending."""
         loop = asyncio.get_running_loop()
@@ -228,6 +252,11 @@ class PeerView(RecordUpdateListener):
             key for key in self.seen
             if key not in self.peers and instance_of(key) not in self.exclude
         }
+
+
+def _unscoped(peer: Event) -> bool:
+    """Whether a peer lists an IPv6 link-local address without its `%interface`."""
+    return any(a.lower().startswith("fe80:") and "%" not in a for a in peer["addresses"])
 
 
 def _ignore(**_: Any) -> None:
@@ -277,3 +306,22 @@ async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> None:
             await asyncio.wait_for(view.changed.wait(), min(quiet, remaining))
         except TimeoutError:
             return
+
+
+async def wait_for_peer(view: PeerView, name: str, timeout: float) -> Event | None:
+    """The peer `name` once it resolves, asking the link twice a second; None when it
+    has not appeared within `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    asked = -1.0
+    while True:
+        peer = view.find(name)
+        now = loop.time()
+        if peer is not None or now >= deadline:
+            return peer
+        if now - asked >= 0.5:
+            view.ask(name)
+            asked = now
+        view.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(view.changed.wait(), min(0.5, deadline - now))
