@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from xmppll.presence import Presence, check_status, encode_txt
 from xmppll.publish import Publisher, Record, choose_host
 
 DEFAULT_PORT = 5298
+log = logging.getLogger("xmppll")
 REFRESH_INTERVAL = 10.0
 LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
 Emit = Callable[[dict[str, Any]], None]
@@ -53,6 +55,7 @@ class AgentConfig:
     port_given: bool = False
     verify: str = "mark"
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
+    reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -240,6 +243,20 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read the config file and re-announce the presence it sets; a bad
+        file is logged and changes nothing (the agent keeps running)."""
+        if self.config.reload is None:
+            return
+        try:
+            changes = self.config.reload()
+            await self._set_presence(changes)
+        except XmpplError as exc:
+            log.error("config not reloaded: %s", exc)
+            return
+        self.emit({"event": "reloaded", "name": self.name, **self._presence_json()})
 
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Thread-safe: ask the agent to withdraw and exit."""
@@ -328,20 +345,24 @@ class Agent:
     async def op_status(self, req: dict, writer: asyncio.StreamWriter) -> None:
         changes = {k: req[k] for k in ("status", "msg") if req.get(k) is not None}
         if changes:
-            old = (self.presence.status, self.presence.msg)
-            if "status" in changes:
-                self.presence.status = check_status(changes["status"])
-            if "msg" in changes:
-                self.presence.msg = changes["msg"] or None
-            try:
-                txt = self.txt()
-            except XmpplError:
-                self.presence.status, self.presence.msg = old
-                raise
-            assert self.publisher is not None
-            await self.publisher.update_txt(txt)
+            await self._set_presence(changes)
             self.emit({"event": "status", "name": self.name, **self._presence_json()})
         await self.op_info(req, writer)
+
+    async def _set_presence(self, changes: dict[str, Any]) -> None:
+        """Apply presence changes and re-announce the TXT in place; an unpublishable
+        result is refused and the old presence kept."""
+        old = replace(self.presence)
+        for key, value in changes.items():
+            value = check_status(value) if key == "status" and value else value
+            setattr(self.presence, key, value or (None if key != "status" else "avail"))
+        try:
+            txt = self.txt()
+        except XmpplError:
+            self.presence = old
+            raise
+        if self.publisher is not None and self.publisher.record is not None:
+            await self.publisher.update_txt(txt)
 
     async def op_peers(self, req: dict, writer: asyncio.StreamWriter) -> None:
         peers = sorted(self.view.peers.values(), key=lambda p: p["name"].lower()) \

@@ -21,6 +21,7 @@ STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
 def interface_option(func: Any) -> Any:
     return click.option(
         "--interface", "-i", "interfaces", multiple=True, metavar="IF",
+        envvar="XMPPLL_INTERFACES", show_envvar=True,
         help="Use only this network interface for mDNS (repeatable).",
     )(func)
 
@@ -48,18 +49,22 @@ def cli() -> None:
     yourself, send and receive messages. Output is JSON Lines when piped."""
 
 
+def _env(key: str) -> dict[str, Any]:
+    return {"envvar": f"XMPPLL_{key.upper()}", "show_envvar": True}
+
+
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, envvar="XMPPLL_NAME")
 @click.option("--port", type=int, default=None, help="TCP port to serve [default: 5298, "
-              "or a free one when taken].")
+              "or a free one when taken].", **_env("port"))
 @click.option("--status", type=STATUS_CHOICE, default="avail", show_default=True,
-              help="Initial presence.")
-@click.option("--msg", help="Status message.")
-@click.option("--nick", help="Nickname (TXT nick).")
-@click.option("--first", help="First name (TXT 1st).")
-@click.option("--last", help="Last name (TXT last).")
-@click.option("--email", help="E-mail address(es), space-separated.")
-@click.option("--jid", help="Regular XMPP address(es), space-separated.")
+              help="Initial presence.", **_env("status"))
+@click.option("--msg", help="Status message.", **_env("msg"))
+@click.option("--nick", help="Nickname (TXT nick).", **_env("nick"))
+@click.option("--first", help="First name (TXT 1st).", **_env("first"))
+@click.option("--last", help="Last name (TXT last).", **_env("last"))
+@click.option("--email", help="E-mail address(es), space-separated.", **_env("email"))
+@click.option("--jid", help="Regular XMPP address(es), space-separated.", **_env("jid"))
 @click.option("--txt", "txt", multiple=True, metavar="KEY=VALUE",
               help="Extra TXT entry (repeatable).")
 @click.option("--no-personal", is_flag=True, help="Publish no personal data "
@@ -89,6 +94,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         name=identity.check_instance_name(name or identity.default_name()),
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
+        reload=_reloader(click.get_current_context()),
     )
     emit_json = render.wants_json(as_json)
 
@@ -99,6 +105,27 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
             render.write_line(render.agent_event_line(event))
 
     run_agent(config, emit)
+
+
+PRESENCE_SETTINGS = ("status", "msg", "nick", "first", "last", "email", "jid")
+
+
+def _reloader(ctx: click.Context) -> Any:
+    """For SIGHUP: the presence settings that come from the config file (those given as
+    flags or environment variables keep winning, as at start)."""
+    from click.core import ParameterSource
+
+    from xmppll import config
+
+    from_file = [key for key in PRESENCE_SETTINGS
+                 if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT,
+                                                      ParameterSource.DEFAULT_MAP)]
+
+    def reload() -> dict[str, Any]:
+        settings = config.load()
+        return {key: settings.get(key) for key in from_file}
+
+    return reload
 
 
 @cli.command()
@@ -407,7 +434,7 @@ def _json_records(default_to: str | None) -> Any:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, envvar="XMPPLL_NAME")
 @click.option("--backlog", is_flag=True, help="First print what arrived while no "
               "listener was reading.")
 @click.option("--exec", "command", metavar="CMD", help="Run CMD for each stanza, its "
@@ -416,9 +443,9 @@ def _json_records(default_to: str | None) -> Any:
               "to FILE (fsync'd).")
 @click.option("--verify", type=VERIFY_CHOICE, default="mark", show_default=True,
               help="Unverified senders: reject, mark verified:false, or skip the check "
-              "(when this command starts the agent).")
+              "(when this command starts the agent).", **_env("verify"))
 @click.option("--port", type=int, default=None, help="Port to serve when this command "
-              "starts the agent.")
+              "starts the agent.", **_env("port"))
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
 @interface_option
@@ -501,11 +528,44 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
     return background, background.start()
 
 
+@cli.command("config")
+@json_option
+def show_config(as_json: bool | None) -> None:
+    """Show the effective defaults and where each comes from (flags > environment >
+    config file > built-in)."""
+    import os
+
+    from xmppll import config, identity
+
+    settings = config.load()
+    path = str(config.config_path())
+    for key in config.SETTINGS:
+        env = config.envvar(key)
+        if env in os.environ:
+            value, source = os.environ[env], f"environment {env}"
+        elif key in settings:
+            value, source = settings[key], f"config {path}"
+        else:
+            value, source = _builtin(key, identity), "built-in"
+        if render.wants_json(as_json):
+            render.write_json({"setting": key, "value": value, "source": source})
+        else:
+            render.write_line(f"{key:<10} {render.safe(value)!s:<28} {source}")
+
+
+def _builtin(key: str, identity: Any) -> Any:
+    return {"name": identity.default_name(), "status": "avail", "port": 5298,
+            "verify": "mark", "interfaces": []}.get(key)
+
+
 def main() -> None:
     """Console entry point: map every failure to one stderr line and an exit code."""
     warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
     try:
-        cli.main(standalone_mode=False, prog_name="xmppll")
+        from xmppll import config
+
+        cli.main(standalone_mode=False, prog_name="xmppll",
+                 default_map=config.default_map(config.load()))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:

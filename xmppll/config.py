@@ -1,0 +1,96 @@
+"""Defaults from `$XDG_CONFIG_HOME/xmppll/config.toml`.
+
+Precedence is flags > environment (`XMPPLL_*`) > this file > built-in defaults, which is
+exactly click's own order for an option with `envvar=` and a `default_map`; so this module
+only reads and checks the file and says where each setting came from.
+
+    name = "juliet@capulet"     # default instance name
+    nick = "JuliC"
+    first = "Juliet"
+    last = "Capulet"
+    email = "juliet@example.org"
+    jid = "juliet@example.org"
+    msg = "Hanging out"
+    status = "avail"            # avail | away | dnd
+    port = 5298
+    interfaces = ["eth0"]
+    verify = "mark"             # strict | mark | off
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from xmppll.errors import DataError
+
+SETTINGS: dict[str, type] = {
+    "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
+    "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+}
+CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
+# The commands each setting is a default for (its option has the same name there).
+COMMANDS = {
+    "name": ("announce", "listen"),
+    "nick": ("announce",), "first": ("announce",), "last": ("announce",),
+    "email": ("announce",), "jid": ("announce",), "msg": ("announce",),
+    "status": ("announce",), "port": ("announce", "listen"),
+    "interfaces": ("announce", "browse", "send", "listen", "status", "withdraw"),
+    "verify": ("listen",),
+}
+
+
+def envvar(key: str) -> str:
+    return f"XMPPLL_{key.upper()}"
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "xmppll" / "config.toml"
+
+
+def _line_of(text: str, key: str) -> int:
+    match = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else 0
+
+
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The settings in the file (none when it does not exist). A bad file is an error
+    naming the file and the line, never silently ignored."""
+    path = path or config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    for key, value in data.items():
+        where = f"{path} line {_line_of(text, key)}"
+        if key not in SETTINGS:
+            raise DataError(f"{where}: unknown setting {key!r} "
+                            f"(known: {', '.join(sorted(SETTINGS))})")
+        kind = SETTINGS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            kinds = {str: "a string", int: "an integer", list: "a list"}
+            raise DataError(f"{where}: {key} must be {kinds[kind]}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise DataError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}")
+        if key == "interfaces" and not all(isinstance(i, str) for i in value):
+            raise DataError(f"{where}: interfaces must be a list of interface names")
+    return data
+
+
+def default_map(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """click's default_map: per command, the option defaults the file provides."""
+    commands: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        for command in COMMANDS[key]:
+            commands.setdefault(command, {})[key] = value
+    return commands
