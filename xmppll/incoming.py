@@ -42,6 +42,10 @@ log = logging.getLogger("xmppll")
 READ_SIZE = 65536
 MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before we stop reading
 VERIFY_POLICIES = ("strict", "mark", "off")
+# Streams served at once. Each can hold up to ~40x the stanza limit while parsing a
+# hostile stanza, so the cap is what bounds the agent's memory; past it a connection
+# is closed at once, with a logged reason, and the streams already open keep flowing.
+MAX_SESSIONS = 1024
 
 # (name, wait) -> advertised addresses; with wait, resolving a peer not known yet
 Lookup = Callable[[str, bool], Awaitable[list[str] | None]]
@@ -268,6 +272,11 @@ class IncomingServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if len(self.sessions) >= MAX_SESSIONS:
+            log.warning("connection from %s refused: %d streams open already",
+                        writer.get_extra_info("peername"), len(self.sessions))
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
