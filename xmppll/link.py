@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 import ifaddr
 from zeroconf import InterfaceChoice, IPVersion
@@ -76,11 +78,20 @@ def zeroconf_interfaces(interfaces: list[str] | None) -> InterfaceChoice | list:
     return choice
 
 
-async def open_link(interfaces: list[str] | None = None) -> AsyncZeroconf:
-    """A started AsyncZeroconf on IPv4 and IPv6 with a large receive buffer."""
+async def open_link(
+    interfaces: list[str] | None = None, *, unicast: bool = False
+) -> AsyncZeroconf:
+    """A started AsyncZeroconf on IPv4 and IPv6 with a large receive buffer.
+
+    `unicast`: a querier only, on an ephemeral port instead of 5353 (RFC 6762 §6.7
+    "legacy unicast"): responders answer it directly, and no other process on this host
+    can receive those answers in its place. A one-shot question wants this: answers to
+    a QU question sent from port 5353 go to whichever process sharing 5353 the kernel
+    picks (an agent, a `browse --follow`), and a one-shot browse then hears nothing."""
     try:
         azc = AsyncZeroconf(
-            interfaces=zeroconf_interfaces(interfaces), ip_version=IPVersion.All
+            interfaces=zeroconf_interfaces(interfaces), ip_version=IPVersion.All,
+            unicast=unicast,
         )
     except (OSError, RuntimeError) as exc:
         raise IOFailure(f"cannot open mDNS sockets: {exc}") from exc
@@ -127,3 +138,22 @@ def mdns_port_taken() -> bool:
         except OSError:
             continue
     return False
+
+
+def query_single_label(zc: Any, instance: str, types: tuple[int, ...]) -> None:
+    """Ask for `<instance>._presence._tcp.local` with the instance as ONE label, even
+    when it contains a dot. python-zeroconf splits every name on '.', so a peer that
+    publishes `j.doe@host` correctly (Avahi, Apple) would never hear its questions;
+    this writes the question by hand and sends it on zeroconf's own sockets, so the
+    (multicast) answers land in its cache like any other."""
+    labels = [instance.encode(), b"_presence", b"_tcp", b"local"]
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    packet = struct.pack("!6H", 0, 0, len(types), 0, 0, 0) + b"".join(
+        name + struct.pack("!HH", type_, 1) for type_ in types
+    )
+    for sender in zc.engine.senders:
+        if sender.is_ipv6:
+            _, _, flow, scope = sender.sock_name
+            sender.transport.sendto(packet, ("ff02::fb", 5353, flow, scope))
+        else:
+            sender.transport.sendto(packet, ("224.0.0.251", 5353))

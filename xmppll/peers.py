@@ -26,7 +26,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser
 
-from xmppll.link import SERVICE_TYPE, format_address
+from xmppll.link import SERVICE_TYPE, format_address, query_single_label
 from xmppll.presence import decode_txt, peer_fields
 
 _TYPE_A, _TYPE_PTR, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV = 1, 12, 16, 28, 33
@@ -196,6 +196,8 @@ class PeerView(RecordUpdateListener):
             out.add_question(DNSQuestion(srv.server, _TYPE_A, _CLASS_IN | _CLASS_UNIQUE))
             out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
         self.zc.async_send(out)
+        if "." in instance_of(full):
+            query_single_label(self.zc, instance_of(full), (_TYPE_SRV, _TYPE_TXT))
         self._schedule(1.1, full.lower())
 
     def find(self, name: str) -> Event | None:

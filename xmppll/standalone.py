@@ -24,7 +24,7 @@ def _local_names() -> set[str]:
 
 
 async def _browse(timeout: float, interfaces: list[str] | None) -> list[Event]:
-    azc = await open_link(interfaces)
+    azc = await open_link(interfaces, unicast=True)
     try:
         return await browse_once(azc.zeroconf, timeout=timeout, exclude=_local_names())
     finally:
