@@ -162,8 +162,7 @@ class PeerView(RecordUpdateListener):
         txts: list[DNSText] = _alive(records, _TYPE_TXT, now)
         if not srvs or not txts:
             return None
-        srv = max(srvs, key=lambda r: r.created)
-        txt = max(txts, key=lambda r: r.created)
+        srv, txt = _current(srvs), _current(txts)
         server = srv.server_key
         self._by_server.setdefault(server, set()).add(full.lower())
         hosts = cache.async_entries_with_name(server)
@@ -254,6 +253,15 @@ class PeerView(RecordUpdateListener):
             key for key in self.seen
             if key not in self.peers and instance_of(key) not in self.exclude
         }
+
+
+def _current(records: list) -> Any:
+    """The record a peer publishes now. Not simply the newest `created`: on a cache-flush
+    record python-zeroconf marks the records it replaces to expire in one second by
+    setting their `created` to now and their TTL to 1 (RFC 6762 §10.2), so a flushed
+    old TXT looks newer than the TXT that flushed it (seen as an `updated` back to the
+    previous status during quick status changes)."""
+    return max(records, key=lambda r: (r.ttl > 1, r.created))
 
 
 def _unscoped(peer: Event) -> bool:
