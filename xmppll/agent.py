@@ -42,6 +42,7 @@ from xmppll.publish import Publisher, Record, choose_host
 DEFAULT_PORT = 5298
 log = logging.getLogger("xmppll")
 REFRESH_INTERVAL = 10.0
+FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
 LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
 Emit = Callable[[dict[str, Any]], None]
 
@@ -106,7 +107,7 @@ class Agent:
         self.presence = config.presence
         self.state = identity.state_dir(config.name)
         self.stop_event = asyncio.Event()
-        self.subscribers: set[asyncio.Queue] = set()
+        self.subscribers: dict[asyncio.Queue, asyncio.StreamWriter] = {}
         self.publisher: Publisher | None = None
         self.view: PeerView | None = None
         self.listeners: list[socket.socket] = []
@@ -226,8 +227,14 @@ class Agent:
             self.stop_event.set()
 
     def _on_peer(self, event: dict[str, Any]) -> None:
-        for queue in list(self.subscribers):
-            queue.put_nowait(event)
+        for queue, writer in list(self.subscribers.items()):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # A follower this far behind has stopped reading: drop it here, since
+                # raising into the peer view would lose this batch for everyone.
+                del self.subscribers[queue]
+                writer.transport.abort()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -311,10 +318,16 @@ class Agent:
                 return
             while line := await reader.readline():
                 await self._dispatch(line, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except ValueError:  # a line longer than the reader's limit: no request is that big
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await _reply(writer, _error(XmpplError("bad request: line too long", 64)))
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # gone, or not reading its replies: either way, done with it
         finally:
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # close() would wait for a reader that never reads
+            else:
+                writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
@@ -329,7 +342,7 @@ class Agent:
             if handler is None:
                 raise XmpplError(f"unknown op {op!r}", 64)
             await handler(req, writer)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8 at all
             await _reply(writer, _error(XmpplError("bad request: not JSON", 64)))
         except XmpplError as exc:
             await _reply(writer, _error(exc))
@@ -372,8 +385,8 @@ class Agent:
     async def op_follow(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """Streams `added` for every cached peer, then every change, until the client
         goes away; a client that stops reading is dropped, never blocks the agent."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
-        self.subscribers.add(queue)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=FOLLOW_BACKLOG)
+        self.subscribers[queue] = writer
         try:
             await _reply(writer, {"ok": True})
             for peer in list(self.view.peers.values()) if self.view else []:
@@ -383,7 +396,7 @@ class Agent:
                 writer.write((json.dumps(event) + "\n").encode())
                 await asyncio.wait_for(writer.drain(), 30)
         finally:
-            self.subscribers.discard(queue)
+            self.subscribers.pop(queue, None)
 
     async def op_inbox(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """Streams stored stanzas with seq > `after` (default: from now on), then each
