@@ -104,9 +104,12 @@ async def connect(target: Target, *, timeout: float,
                 local_infos = await asyncio.get_running_loop().getaddrinfo(
                     local, 0, type=socket.SOCK_STREAM)
                 local_addr = local_infos[0][4]
-            family, _, _, _, sockaddr = infos[0]
+            family = infos[0][0]
+            # `address`, not the resolved sockaddr[0]: that drops the `%scope` of a
+            # link-local IPv6 address (the scope is in sockaddr[3]), and connect()
+            # then fails with EINVAL.
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(sockaddr[0], target.port, family=family,
+                asyncio.open_connection(address, target.port, family=family,
                                         local_addr=local_addr if local_addr else None,
                                         limit=READ_SIZE * 4),
                 timeout,
