@@ -44,6 +44,9 @@ log = logging.getLogger("xmppll")
 REFRESH_INTERVAL = 10.0
 FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
 LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
+# One request line: a `send` carries a whole message, and a body the peer's 1 MiB stanza
+# limit admits can grow up to ~6x as JSON with \u escapes (the asyncio default is 64 KiB).
+CONTROL_LINE_LIMIT = 8 * 1024 * 1024
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -298,7 +301,8 @@ class Agent:
             path.unlink()  # left behind by a killed agent
         old = os.umask(0o177)
         try:
-            self._control = await asyncio.start_unix_server(self._client, path=str(path))
+            self._control = await asyncio.start_unix_server(self._client, path=str(path),
+                                                            limit=CONTROL_LINE_LIMIT)
         finally:
             os.umask(old)
         self._socket_path = path
@@ -318,7 +322,7 @@ class Agent:
                 return
             while line := await reader.readline():
                 await self._dispatch(line, reader, writer)
-        except ValueError:  # a line longer than the reader's limit: no request is that big
+        except ValueError:  # a line longer than CONTROL_LINE_LIMIT: no request is that big
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await _reply(writer, _error(XmpplError("bad request: line too long", 64)))
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
