@@ -5,6 +5,10 @@ before sending anything, and crashes when the header and an element arrive in on
 read); every stanza goes to the inbox before it is acknowledged (receipt, or our
 closing tag that tells a one-shot sender "delivered"); the sender's identity is
 checked against the addresses it advertises over mDNS.
+
+Environment: XMPPLL_HEADER_TIMEOUT (seconds, default stream.HEADER_TIMEOUT = 10)
+bounds how long a connection may stay silent before its stream header; tests of a
+silent peer set it short. It is read when the server starts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from xmppll.stream import (
 )
 
 log = logging.getLogger("xmppll")
+HEADER_TIMEOUT_ENV = "XMPPLL_HEADER_TIMEOUT"
 READ_SIZE = 65536
 MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before we stop reading
 VERIFY_POLICIES = ("strict", "mark", "off")
@@ -140,7 +146,7 @@ class Session:
 
     async def _loop(self) -> None:
         while True:
-            timeout = HEADER_TIMEOUT if self.opened is None else IDLE_TIMEOUT
+            timeout = self.server.header_timeout if self.opened is None else IDLE_TIMEOUT
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             if not data:
                 await self._settle()  # the peer dropped TCP after (or without) its close
@@ -246,6 +252,17 @@ class _Refused(Exception):
     pass
 
 
+def header_timeout() -> float:
+    """Seconds a new connection may take to send its stream header: HEADER_TIMEOUT, or
+    a positive number from $XMPPLL_HEADER_TIMEOUT (tests use a short one)."""
+    raw = os.environ.get(HEADER_TIMEOUT_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return HEADER_TIMEOUT
+    return value if value > 0 else HEADER_TIMEOUT
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -262,6 +279,7 @@ class IncomingServer:
         self.lookup = lookup
         self.owners = owners
         self.verify = verify
+        self.header_timeout = header_timeout()
         self.sessions: set[asyncio.Task] = set()
         self.accepted = 0
         self._servers: list[asyncio.AbstractServer] = []
