@@ -258,6 +258,8 @@ async def deliver(target: Target, elements: list[ET.Element], *, me: str, timeou
             await session.wait_receipts(receipt_ids)
         session.timeout = max(0.1, deadline - loop.time())
         await session.close()
+    except TimeoutError:  # a subclass of OSError: must come first, or it reads as 69
+        raise TimeoutFailure(f"{target.name} did not answer within {timeout:g} s") from None
     except (ConnectionError, OSError) as exc:
         raise UnavailableError(f"{target.name} dropped the connection: {exc}") from None
     finally:
@@ -347,6 +349,9 @@ class StreamPool:
                 raise TimeoutFailure(f"no receipt from {target.name} within {timeout:g} s"
                                      ) from None
             pooled.touch(self.idle)
+        except TimeoutError:  # the stream header never came (a subclass of OSError)
+            raise TimeoutFailure(f"{target.name} did not answer within {timeout:g} s"
+                                 ) from None
         except (ConnectionError, OSError) as exc:
             raise UnavailableError(f"{target.name} dropped the connection: {exc}") from None
         finally:
