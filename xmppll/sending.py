@@ -36,11 +36,18 @@ class Options:
 
 class Link:
     """The mDNS session of one `send` run: a peer view, and our transient presence
-    once a peer demanded it."""
+    once a peer demanded it.
+
+    Questions go out from an ephemeral port (legacy unicast, RFC 6762 §6.7), so the
+    answers come back to this process: asked from 5353, they would go to whichever
+    process sharing 5353 on this host the kernel picks (an agent, another `send`), and
+    concurrent senders on one host then failed with "no peer" (exit 68). Publishing
+    needs 5353, so the transient presence gets a link of its own, opened only then."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.azc: Any = None
+        self.responder: Any = None  # the 5353 link of the transient presence
         self.view: PeerView | None = None
         self.publisher: Publisher | None = None
         self.sources: list[str] | None = None
@@ -50,7 +57,7 @@ class Link:
 
     async def __aenter__(self) -> Link:
         self._shared = mdns_port_taken()
-        self.azc = await open_link(self.options.interfaces)
+        self.azc = await open_link(self.options.interfaces, unicast=True)
         self.view = PeerView(self.azc.zeroconf, exclude={self.options.me})
         await self.view.start(browse=False)
         return self
@@ -63,6 +70,8 @@ class Link:
             await self.view.stop()
         if self._listener is not None:
             self._listener.close()
+        if self.responder is not None:
+            await self.responder.async_close()
         await self.azc.async_close()
 
     async def resolve(self, name: str) -> Target:
@@ -93,12 +102,13 @@ class Link:
             return
         mine = local_addresses(self.options.interfaces)
         label = identity.host_label()
+        self.responder = await open_link(self.options.interfaces)
         host = asyncio.ensure_future(
-            choose_host(self.azc.zeroconf, label, mine, shared=self._shared))
+            choose_host(self.responder.zeroconf, label, mine, shared=self._shared))
         self._listener = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
         port = self._listener.getsockname()[1]
         txt = encode_txt(Presence(port=port, status="avail"))
-        self.publisher = Publisher(self.azc, rename=False)
+        self.publisher = Publisher(self.responder, rename=False)
         log.info("publishing a transient presence for %s (port %d)", self.options.me, port)
         record = await self.publisher.publish(
             Record(self.options.me, f"{label}.local.", port, txt, []), host)
