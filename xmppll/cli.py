@@ -386,7 +386,15 @@ def _send_via_agent(agent: str, records: Any, *, everyone: bool, timeout: float,
     if everyone and not names:
         raise NoPeerError("no peers on the link")
     sent = 0
-    for lineno, record in records:
+    records = iter(records)
+    while True:
+        try:  # reading the input fails too (a bad JSON line): say what went out before
+            item = next(records, None)
+        except XmpplError as exc:
+            raise at_line(exc, 0, sent) from None
+        if item is None:
+            break
+        lineno, record = item
         try:
             for to in names or [record["to"]]:
                 control.request(agent, "send", message={**record, "to": to},
