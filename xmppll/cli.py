@@ -6,6 +6,7 @@ them, so `status`, `withdraw` and `--help` cost a Python start and a socket roun
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any
@@ -21,7 +22,7 @@ STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
 def interface_option(func: Any) -> Any:
     return click.option(
         "--interface", "-i", "interfaces", multiple=True, metavar="IF",
-        envvar="XMPPLL_INTERFACES", show_envvar=True,
+        envvar="XMPPLL_INTERFACES", show_envvar=True, shell_complete=_complete_interfaces,
         help="Use only this network interface for mDNS (repeatable).",
     )(func)
 
@@ -31,6 +32,48 @@ def json_option(func: Any) -> Any:
         "--json/--no-json", "as_json", default=None,
         help="JSON Lines output (the default when stdout is not a terminal).",
     )(func)
+
+
+def _set_color(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        render.set_color(value)
+
+
+def color_option(func: Any) -> Any:
+    return click.option(
+        "--color", type=click.Choice(render.COLOR_MODES), default=None, metavar="WHEN",
+        expose_value=False, is_eager=True, callback=_set_color,
+        help="Colour the human output: auto (on a terminal, unless NO_COLOR is set), "
+             "always or never [default: auto].",
+    )(func)
+
+
+def verbose_option(func: Any) -> Any:
+    return click.option("--verbose", "-v", is_flag=True,
+                        help="Show the mDNS and stream steps on stderr.")(func)
+
+
+def quiet_option(func: Any) -> Any:
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="Print nothing but errors.")(func)
+
+
+def _complete_peers(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+    from xmppll import completion
+
+    return completion.peers(incomplete)
+
+
+def _complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+    from xmppll import completion
+
+    return completion.agents(incomplete)
+
+
+def _complete_interfaces(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+    from xmppll import completion
+
+    return completion.interfaces(incomplete)
 
 
 def _check_interfaces(interfaces: tuple[str, ...]) -> list[str] | None:
@@ -46,7 +89,10 @@ def _check_interfaces(interfaces: tuple[str, ...]) -> list[str] | None:
 @click.version_option(__version__, prog_name="xmppll")
 def cli() -> None:
     """Serverless XMPP (XEP-0174) from the shell: see who is on the link, publish
-    yourself, send and receive messages. Output is JSON Lines when piped."""
+    yourself, send and receive messages. Output is JSON Lines when piped.
+
+    Each command has its own --help and man page (man xmppll-send); the JSON
+    records and the control socket are described in xmppll(7)."""
 
 
 def _env(key: str) -> dict[str, Any]:
@@ -55,11 +101,11 @@ def _env(key: str) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("name", required=False, envvar="XMPPLL_NAME")
-@click.option("--port", type=int, default=None, help="TCP port to serve [default: 5298, "
-              "or a free one when taken].", **_env("port"))
+@click.option("--port", type=int, default=None, metavar="PORT", help="TCP port to serve "
+              "[default: 5298, or a free one when taken].", **_env("port"))
 @click.option("--status", type=STATUS_CHOICE, default="avail", show_default=True,
               help="Initial presence.", **_env("status"))
-@click.option("--msg", help="Status message.", **_env("msg"))
+@click.option("--msg", metavar="TEXT", help="Status message.", **_env("msg"))
 @click.option("--nick", help="Nickname (TXT nick).", **_env("nick"))
 @click.option("--first", help="First name (TXT 1st).", **_env("first"))
 @click.option("--last", help="Last name (TXT last).", **_env("last"))
@@ -73,12 +119,24 @@ def _env(key: str) -> dict[str, Any]:
               "is taken.")
 @interface_option
 @json_option
+@verbose_option
+@quiet_option
+@color_option
 def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
-             interfaces: tuple[str, ...], as_json: bool | None) -> None:
+             interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
+             quiet: bool) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
-    or withdrawn. Prints one event per line (announced, conflict, renamed, ...)."""
+    or withdrawn. Prints one event per line (announced, conflict, renamed, ...).
+
+    Under systemd (Type=notify) the agent reports READY=1 once announced.
+    SIGHUP re-reads the config file.
+
+    \b
+    Examples:
+      xmppll announce --msg "on call" &
+      xmppll announce juliet --status away --nick JuliC"""
     from xmppll import identity
     from xmppll.agent import DEFAULT_PORT, AgentConfig, run_agent
     from xmppll.presence import Presence, parse_txt_option
@@ -97,8 +155,11 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         reload=_reloader(click.get_current_context()),
     )
     emit_json = render.wants_json(as_json)
+    _setup_logging(verbose)
 
     def emit(event: dict[str, Any]) -> None:
+        if quiet:
+            return
         if emit_json:
             render.write_json(event)
         else:
@@ -131,22 +192,33 @@ def _reloader(ctx: click.Context) -> Any:
 @cli.command()
 @click.argument("pattern", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Stream added/updated/removed events.")
-@click.option("--timeout", type=float, default=None,
-              help="Longest wait in seconds [default: 3; with --follow: none].")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Longest wait [default: 3; with --follow: none].")
 @click.option("--table", "as_table", is_flag=True, help="Human-readable table even in a pipe.")
 @click.option("--no-agent", is_flag=True, help="Browse the link directly even when an "
               "agent runs.")
 @interface_option
 @json_option
+@color_option
 def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: bool,
            no_agent: bool, interfaces: tuple[str, ...], as_json: bool | None) -> None:
-    """List the peers on the link (those whose name matches PATTERN, a shell glob)."""
+    """List the peers on the link (those whose name matches PATTERN, a shell glob).
+
+    With an agent running, its live cache answers at once; otherwise a one-shot
+    mDNS browse ends when answers stop (at most --timeout).
+
+    \b
+    Examples:
+      xmppll browse
+      xmppll browse 'juliet@*' | jq -r .status
+      xmppll browse --follow | jq -r 'select(.event=="added") | .name'"""
     import fnmatch
 
     if timeout is not None and timeout <= 0:
         raise UsageError("--timeout must be positive")
     ifaces = _check_interfaces(interfaces)
     emit_json = not as_table and render.wants_json(as_json)
+    color = not emit_json and render.use_color()
 
     def matches(peer: dict[str, Any]) -> bool:
         return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
@@ -158,16 +230,17 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
                 if emit_json:
                     render.write_json(event)
                 else:
-                    render.write_line(render.peer_event_line(event))
+                    render.write_line(render.peer_event_line(event, color=color))
         _follow(agent, emit, ifaces, timeout)
         return
-    peers = _list_peers(agent, ifaces, timeout or 3.0)
+    with render.progress("browsing the link...", enabled=agent is None):
+        peers = _list_peers(agent, ifaces, timeout or 3.0)
     peers = [p for p in peers if matches(p)]
     if emit_json:
         for peer in peers:
             render.write_json(peer)
     else:
-        for line in render.peer_table(peers):
+        for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
             render.write_line(line)
 
 
@@ -211,13 +284,22 @@ def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
 
 @cli.command()
 @click.argument("status", type=STATUS_CHOICE, required=False)
-@click.option("--msg", help="New status message ('' clears it).")
-@click.option("--name", help="Which agent, when several run.")
+@click.option("--msg", metavar="TEXT", help="New status message ('' clears it).")
+@click.option("--name", metavar="NAME", shell_complete=_complete_agents,
+              help="Which agent, when several run.")
 @interface_option
 @json_option
+@quiet_option
+@color_option
 def status(status: str | None, msg: str | None, name: str | None,
-           interfaces: tuple[str, ...], as_json: bool | None) -> None:
-    """Show my presence, or change it (the running agent re-announces its TXT)."""
+           interfaces: tuple[str, ...], as_json: bool | None, quiet: bool) -> None:
+    """Show my presence, or change it (the running agent re-announces its TXT).
+
+    \b
+    Examples:
+      xmppll status
+      xmppll status away --msg "lunch"
+      xmppll status avail --msg ''"""
     from xmppll import control
 
     _check_interfaces(interfaces)
@@ -232,6 +314,8 @@ def status(status: str | None, msg: str | None, name: str | None,
         reply = control.request(agent, "info")
     else:
         reply = control.request(agent, "status", status=status, msg=msg)
+        if quiet:
+            return
     _print_status(reply, as_json)
 
 
@@ -241,19 +325,25 @@ def _print_status(reply: dict[str, Any], as_json: bool | None) -> None:
         render.write_json(record)
         return
     msg = f"  {render.safe(record['msg'])}" if record.get("msg") else ""
-    render.write_line(f"{render.safe(record['name'])}  {record['status']}  "
-                      f"port {record['port']}{msg}")
+    status = render.status_word(record.get("status"), render.use_color())
+    render.write_line(f"{render.safe(record['name'])}  {status}  port {record['port']}{msg}")
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=_complete_agents)
 @click.option("--stale", is_flag=True, help="Send goodbyes for NAME's records left by an "
               "agent that died (kill -9, crash).")
 @interface_option
 @json_option
+@quiet_option
 def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
-             as_json: bool | None) -> None:
-    """Go offline: the agent sends goodbyes and exits."""
+             as_json: bool | None, quiet: bool) -> None:
+    """Go offline: the agent sends goodbyes and exits (peers drop NAME at once).
+
+    \b
+    Examples:
+      xmppll withdraw
+      xmppll withdraw --stale   # after the agent was killed with -9"""
     from xmppll import control, identity
 
     ifaces = _check_interfaces(interfaces)
@@ -265,6 +355,8 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
         result = {"event": "withdrawn", "name": record.name, "stale": True}
     else:
         result = {"event": "withdrawn", **_withdraw_agent(control.find_agent(name))}
+    if quiet:
+        return
     if render.wants_json(as_json):
         render.write_json(result)
     else:
@@ -289,49 +381,70 @@ def _withdraw_agent(name: str) -> dict[str, Any]:
 VERIFY_CHOICE = click.Choice(["strict", "mark", "off"])
 
 
-def verbose_option(func: Any) -> Any:
-    return click.option("--verbose", "-v", is_flag=True,
-                        help="Show the mDNS and stream steps on stderr.")(func)
-
-
 def _setup_logging(verbose: bool) -> None:
+    """One line per record on stderr (the journal, under systemd), ours and the
+    libraries' alike; tracebacks only with -v: an expected condition is a sentence."""
     import logging
 
+    class Formatter(logging.Formatter):
+        def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+            return super().formatException(ei) if verbose else ""
+
+        def format(self, record: logging.LogRecord) -> str:
+            if record.exc_info and not verbose:
+                exc = record.exc_info[1]
+                record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+                record.args = None
+                record.exc_info = record.exc_text = None
+            return super().format(record)
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("xmppll: [%(relativeCreated)4d ms] %(message)s"))
-    logger = logging.getLogger("xmppll")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.setFormatter(Formatter("xmppll: [%(relativeCreated)4d ms] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("xmppll").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @cli.command()
-@click.argument("to", required=False)
+@click.argument("to", required=False, shell_complete=_complete_peers)
 @click.argument("text", nargs=-1)
-@click.option("--from", "from_", metavar="NAME", help="Send as NAME [default: user@host].")
+@click.option("--from", "from_", metavar="NAME", shell_complete=_complete_agents,
+              help="Send as NAME [default: user@host].")
 @click.option("--type", "type_", type=click.Choice(["chat", "normal", "headline"]),
               default="chat", show_default=True, help="Message type.")
-@click.option("--subject", help="Message subject.")
-@click.option("--thread", help="Conversation thread id.")
+@click.option("--subject", metavar="TEXT", help="Message subject.")
+@click.option("--thread", metavar="ID", help="Conversation thread id.")
 @click.option("--receipt", is_flag=True, help="Ask for an XEP-0184 receipt and succeed "
               "only when it comes back.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to deliver each message.")
-@click.option("--wait", type=float, default=0.0, help="Seconds to wait for TO to appear "
-              "on the link.")
+              metavar="SECONDS", help="Seconds to deliver each message.")
+@click.option("--wait", type=float, default=0.0, metavar="SECONDS",
+              help="Seconds to wait for TO to appear on the link [default: 0].")
 @click.option("--json", "json_input", is_flag=True, help="Read JSON Lines of the stanza "
               "shape from stdin (to and body required).")
 @click.option("--lines", is_flag=True, help="One message per line of stdin.")
 @click.option("--all", "everyone", is_flag=True, help="Send to every peer on the link.")
 @interface_option
 @verbose_option
+@quiet_option
 def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, timeout: float,
          wait: float, json_input: bool, lines: bool, everyone: bool,
-         interfaces: tuple[str, ...], verbose: bool) -> None:
+         interfaces: tuple[str, ...], verbose: bool, quiet: bool) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
     With an agent running (as the sender), the agent delivers: as its published name,
-    over a reused stream. Otherwise this command resolves and connects itself."""
+    over a reused stream. Otherwise this command resolves and connects itself.
+    On a terminal, a wait longer than a moment shows its progress on stderr.
+
+    \b
+    Examples:
+      xmppll send juliet@capulet "ready?"
+      make 2>&1 | tail -20 | xmppll send ops@buildbox
+      xmppll send --all "lunch is here"
+      xmppll send --wait 60 juliet@capulet "you are up"
+      xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json"""
     from xmppll import identity
 
     _setup_logging(verbose)
@@ -349,17 +462,20 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     records = _json_records(to) if json_input else _text_records(to, text, lines, base)
     ifaces = _check_interfaces(interfaces)
     agent = None if ifaces else _sending_agent(from_)
-    if agent:
-        _send_via_agent(agent, records, everyone=everyone, timeout=timeout, wait=wait,
-                        receipt=receipt)
-        return
-    import asyncio
+    target = "every peer" if everyone else (to or "the peers named on stdin")
+    what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
+    with render.progress(what, enabled=not (quiet or verbose or json_input or lines)):
+        if agent:
+            _send_via_agent(agent, records, everyone=everyone, timeout=timeout, wait=wait,
+                            receipt=receipt)
+            return
+        import asyncio
 
-    from xmppll import sending
+        from xmppll import sending
 
-    options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
-                              interfaces=ifaces)
-    asyncio.run(sending.send_all(records, options, everyone=everyone))
+        options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
+                                  interfaces=ifaces)
+        asyncio.run(sending.send_all(records, options, everyone=everyone))
 
 
 def _sending_agent(from_: str | None) -> str | None:
@@ -442,30 +558,38 @@ def _json_records(default_to: str | None) -> Any:
 
 
 @cli.command()
-@click.argument("name", required=False, envvar="XMPPLL_NAME")
+@click.argument("name", required=False, envvar="XMPPLL_NAME", shell_complete=_complete_agents)
 @click.option("--backlog", is_flag=True, help="First print what arrived while no "
               "listener was reading.")
 @click.option("--exec", "command", metavar="CMD", help="Run CMD for each stanza, its "
               "JSON on stdin.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Also append each line "
-              "to FILE (fsync'd).")
+@click.option("--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also append each JSON line to FILE (fsync'd).")
 @click.option("--verify", type=VERIFY_CHOICE, default="mark", show_default=True,
               help="Unverified senders: reject, mark verified:false, or skip the check "
               "(when this command starts the agent).", **_env("verify"))
-@click.option("--port", type=int, default=None, help="Port to serve when this command "
-              "starts the agent.", **_env("port"))
+@click.option("--port", type=int, default=None, metavar="PORT", help="Port to serve when "
+              "this command starts the agent.", **_env("port"))
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
 @interface_option
 @json_option
 @verbose_option
+@quiet_option
+@color_option
 def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
            verify: str, port: int | None, no_announce: bool, interfaces: tuple[str, ...],
-           as_json: bool | None, verbose: bool) -> None:
+           as_json: bool | None, verbose: bool, quiet: bool) -> None:
     """Print each received stanza as one JSON line (a readable line on a terminal).
 
     Follows the running agent's inbox; with none running, runs one in the foreground
-    until interrupted."""
+    until interrupted (its events go to stderr; --quiet hides them).
+
+    \b
+    Examples:
+      xmppll listen
+      xmppll listen --backlog --output ~/chat.jsonl
+      xmppll listen --exec 'jq -r .body >> ~/messages.txt'"""
     import json
     from pathlib import Path
 
@@ -474,11 +598,12 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     _setup_logging(verbose)
     emit_json = render.wants_json(as_json)
+    color = not emit_json and render.use_color()
     ifaces = _check_interfaces(interfaces)
     background = None
     agent = _running(name)
     if not agent:
-        background, agent = _start_agent(name, verify, port, no_announce, ifaces)
+        background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet)
     cursor = Cursor(identity.state_dir(agent))
     runner = listening.Runner(command) if command else None
     out = listening.FileOutput(Path(output)) if output else None
@@ -487,7 +612,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
         if emit_json:
             render.write_json(record)
         else:
-            render.write_line(render.stanza_line(record))
+            render.write_line(render.stanza_line(record, color=color))
 
     try:
         after = cursor.get() if backlog else None
@@ -518,7 +643,7 @@ def _running(name: str | None) -> str | None:
 
 
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
-                 ifaces: list[str] | None) -> tuple[Any, str]:
+                 ifaces: list[str] | None, quiet: bool = False) -> tuple[Any, str]:
     from xmppll import identity
     from xmppll.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
     from xmppll.presence import Presence
@@ -530,7 +655,8 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
     )
 
     def emit(event: dict[str, Any]) -> None:
-        sys.stderr.write(f"xmppll: {render.agent_event_line(event)}\n")
+        if not quiet:
+            sys.stderr.write(f"xmppll: {render.agent_event_line(event)}\n")
 
     background = BackgroundAgent(config, emit)
     return background, background.start()
@@ -540,7 +666,11 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
 @json_option
 def show_config(as_json: bool | None) -> None:
     """Show the effective defaults and where each comes from (flags > environment >
-    config file > built-in)."""
+    config file > built-in).
+
+    The file is $XDG_CONFIG_HOME/xmppll/config.toml (~/.config/xmppll/config.toml);
+    each setting there is the default for the option of the same name, and
+    XMPPLL_<SETTING> in the environment overrides it."""
     import os
 
     from xmppll import config, identity
@@ -569,6 +699,8 @@ def _builtin(key: str, identity: Any) -> Any:
 def main() -> None:
     """Console entry point: map every failure to one stderr line and an exit code."""
     warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
+    if COMPLETE_VAR in os.environ:
+        _complete()
     try:
         from xmppll import config
 
@@ -588,6 +720,26 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+COMPLETE_VAR = "_XMPPLL_COMPLETE"
+
+
+def _complete() -> None:
+    """Shell completion (the shell runs us with _XMPPLL_COMPLETE set): never an error
+    on the terminal while someone types, and out at once, leaving no thread behind."""
+    from xmppll import completion
+
+    completion.register()
+    code = 0
+    try:
+        cli.main(prog_name="xmppll")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:  # a broken completion must stay silent
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _quiet_stdout() -> None:

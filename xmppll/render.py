@@ -7,13 +7,100 @@ peer name or status message must not be able to move the cursor or retitle a win
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterable
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from xmppll.errors import IOFailure
 
 _STATUS_MARK = {"avail": "avail", "away": "away", "dnd": "dnd"}
+# SGR colours for a terminal: green, yellow, red (the usual traffic-light reading).
+_STATUS_SGR = {"avail": "32", "away": "33", "dnd": "31"}
+COLOR_MODES = ("auto", "always", "never")
+_color_mode = "auto"
+
+
+def set_color(mode: str) -> None:
+    """--color: `always` wins over NO_COLOR (a flag is more specific than the
+    environment, as no-color.org asks); `auto` colours a terminal only."""
+    global _color_mode
+    _color_mode = mode
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    if _color_mode != "auto":
+        return _color_mode == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return (stream or sys.stdout).isatty()
+
+
+def paint(text: str, sgr: str | None, color: bool) -> str:
+    return f"\x1b[{sgr}m{text}\x1b[0m" if color and sgr else text
+
+
+def width(text: str) -> int:
+    """Columns a string takes on a terminal: wide (CJK) characters count two,
+    combining marks none."""
+    return sum(0 if unicodedata.combining(ch) else
+               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * max(0, columns - width(text))
+
+
+def _clip(text: str, columns: int) -> str:
+    if columns <= 0 or width(text) <= columns:
+        return text
+    out = ""
+    for ch in text:
+        if width(out + ch) > columns - 1:
+            break
+        out += ch
+    return out + "\u2026"
+
+
+def table(rows: list[tuple[str, ...]], *, colors: list[tuple[str | None, ...]] | None = None,
+          color: bool = False, max_width: int | None = None) -> list[str]:
+    """Aligned columns two spaces apart, header first; the last column is not padded
+    and is clipped to `max_width` (a terminal's width) when given."""
+    ncols = len(rows[0])
+    widths = [max(width(r[i]) for r in rows) for i in range(ncols - 1)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            sgr = colors[n][i] if colors and n < len(colors) else None
+            if i < ncols - 1:
+                cells.append(paint(cell, sgr, color) + " " * max(0, widths[i] - width(cell)))
+            else:
+                used = sum(widths) + 2 * (ncols - 1)
+                text = _clip(cell, max_width - used) if max_width else cell
+                cells.append(paint(text, sgr, color))
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def terminal_width(stream: TextIO | None = None) -> int | None:
+    """The terminal's width when writing to one, else None (a pipe is never clipped)."""
+    out = stream or sys.stdout
+    if not out.isatty():
+        return None
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError):
+        return None
+
+
+def status_word(status: str | None, color: bool) -> str:
+    word = _STATUS_MARK.get(status or "", "?")
+    return paint(word, _STATUS_SGR.get(word), color)
 
 
 def wants_json(flag: bool | None, stream: TextIO | None = None) -> bool:
@@ -57,19 +144,23 @@ def _address(peer: dict[str, Any]) -> str:
     return (v4 or addrs or ["-"])[0]
 
 
-def peer_table(peers: Iterable[dict[str, Any]]) -> list[str]:
-    rows = [("NAME", "STATUS", "ADDRESS", "PORT", "MESSAGE")]
+def peer_table(peers: Iterable[dict[str, Any]], *, color: bool = False,
+               max_width: int | None = None) -> list[str]:
+    """The peers for a person: aligned columns, status as one coloured word."""
+    rows: list[tuple[str, ...]] = [("NAME", "STATUS", "ADDRESS", "PORT", "MESSAGE")]
+    colors: list[tuple[str | None, ...]] = [("1",) * 5]
     for p in peers:
-        rows.append((safe(p["name"]), _STATUS_MARK.get(p.get("status"), "?"),
-                     safe(_address(p)), str(p.get("port", "")), safe(p.get("msg") or "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
-            for r in rows]
+        status = _STATUS_MARK.get(p.get("status") or "", "?")
+        rows.append((safe(p["name"]), status, safe(_address(p)), str(p.get("port", "")),
+                     safe(p.get("msg") or "")))
+        colors.append((None, _STATUS_SGR.get(status), None, None, None))
+    return table(rows, colors=colors, color=color, max_width=max_width)
 
 
-def peer_event_line(event: dict[str, Any]) -> str:
+def peer_event_line(event: dict[str, Any], *, color: bool = False) -> str:
     mark = {"added": "+", "updated": "~", "removed": "-"}.get(event.get("event"), "?")
-    text = f"{mark} {safe(event['name'])}  {event.get('status', '')}  " \
+    status = status_word(event.get("status"), color) if event.get("event") != "removed" else ""
+    text = f"{mark} {safe(event['name'])}  {status}  " \
            f"{safe(_address(event))}:{event.get('port', '')}"
     if event.get("msg"):
         text += f"  {safe(event['msg'])}"
@@ -96,16 +187,16 @@ def agent_event_line(event: dict[str, Any]) -> str:
     return safe(json.dumps(event, ensure_ascii=False))
 
 
-def stanza_line(record: dict[str, Any]) -> str:
+def stanza_line(record: dict[str, Any], *, color: bool = False) -> str:
     """A received stanza for a person: time, sender (? when unverified), text."""
     when = (record.get("received") or "")[11:19]
-    mark = "" if record.get("verified") else " (unverified)"
+    mark = "" if record.get("verified") else paint(" (unverified)", "33", color)
     sender = record.get("from") or (record.get("peer") or {}).get("name") or "?"
     if record.get("kind") == "message" and record.get("body") is not None:
         text = record["body"]
     else:
         text = f"<{record.get('kind')}> {record.get('xml', '')}"
-    return f"[{when}] {safe(sender)}{mark}: {safe(text)}"
+    return f"[{when}] {paint(safe(sender), '1', color)}{mark}: {safe(text)}"
 
 
 def error(message: str) -> None:
@@ -116,3 +207,42 @@ def error(message: str) -> None:
 def warn(message: str) -> None:
     sys.stderr.write(f"xmppll: warning: {safe(message)}\n")
     sys.stderr.flush()
+
+
+@contextmanager
+def progress(message: str, *, enabled: bool = True, delay: float = 0.4,
+             stream: TextIO | None = None) -> Iterator[None]:
+    """A line on stderr saying what we wait for and for how long, only on a terminal
+    (never in a pipe or a log) and only once the wait lasts longer than `delay`;
+    erased when the wait ends, so the terminal is left as it was."""
+    out = stream or sys.stderr
+    if not enabled or not out.isatty():
+        yield
+        return
+    done = threading.Event()
+    start = time.monotonic()
+
+    def tick() -> None:
+        if done.wait(delay):
+            return
+        while True:
+            try:
+                out.write(f"\r\x1b[K{safe(message)} {time.monotonic() - start:.1f}s")
+                out.flush()
+            except (OSError, ValueError):
+                return
+            if done.wait(0.1):
+                break
+        try:
+            out.write("\r\x1b[K")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=tick, name="xmppll-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(1.0)
