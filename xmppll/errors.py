@@ -53,12 +53,14 @@ def at_line(exc: XmpplError, lineno: int, sent: int) -> XmpplError:
 
 EXIT_CODES: dict[int, str] = {
     0: "success (message delivered, command done)",
-    1: "interrupted or internal error",
+    1: "internal error: a bug (a Python traceback says where)",
     64: "usage error: bad option, argument or status word",
     65: "bad input data: invalid name, TXT value, JSON line or message",
     68: "no such peer on the link",
     69: "unavailable: peer refused the stream, or no agent is running",
+    70: "internal software error reported by the agent",
     74: "I/O error: socket, disk or closed output pipe",
     75: "timeout: the peer or the link did not answer in time",
     76: "protocol error: the peer broke the XML stream protocol",
+    130: "interrupted (Ctrl-C)",
 }
