@@ -139,6 +139,10 @@ class Agent:
         mine = local_addresses(self.config.interfaces or None)
         azc = await open_link(self.config.interfaces or None)
         try:
+            # Before anything is published: a SIGTERM that arrives after the records
+            # are out (a script stopping us right after `announced`) must still run
+            # the goodbyes, not kill the process with the records left behind.
+            self._install_signals()
             self.view = PeerView(azc.zeroconf, on_event=self._on_peer,
                                  exclude={self.config.name})
             await self.view.start()
@@ -155,7 +159,6 @@ class Agent:
                 self.emit({"event": "listening", "name": self.config.name,
                            "port": self.presence.port, "addresses": [a.address for a in mine]})
             refresher = asyncio.ensure_future(self._refresh_loop())
-            self._install_signals()
             self.ready.set()
             await self.stop_event.wait()
             refresher.cancel()
