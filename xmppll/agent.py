@@ -158,6 +158,7 @@ class Agent:
                 await self._start_control(self.config.name)
                 self.emit({"event": "listening", "name": self.config.name,
                            "port": self.presence.port, "addresses": [a.address for a in mine]})
+                sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
             refresher = asyncio.ensure_future(self._refresh_loop())
             self.ready.set()
             await self.stop_event.wait()
@@ -180,6 +181,7 @@ class Agent:
         self.emit({"event": "announced", "name": record.name,
                    "host": record.server.rstrip("."), "addresses": record.addresses,
                    "port": record.port, **self._presence_json()})
+        sd_notify(f"READY=1\nSTATUS=announced {record.name} on port {record.port}")
 
     async def _lookup(self, name: str, wait: bool) -> list[str] | None:
         """The addresses `name` advertises, asking the link when it is not cached yet
@@ -276,6 +278,7 @@ class Agent:
         loop.call_soon_threadsafe(self.stop_event.set)
 
     async def _shutdown(self, azc: Any) -> None:
+        sd_notify("STOPPING=1")
         await self.pool.close()
         if self.incoming:
             await self.incoming.close()
@@ -491,6 +494,21 @@ def _error(exc: XmpplError) -> dict[str, Any]:
 async def _reply(writer: asyncio.StreamWriter, data: dict[str, Any]) -> None:
     writer.write((json.dumps({"v": control.VERSION, **data}) + "\n").encode())
     await asyncio.wait_for(writer.drain(), 10)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) how the agent is doing, when it runs us under
+    NOTIFY_SOCKET: a path, or '@name' for an abstract socket. Best effort: a
+    missing or broken socket must never stop the agent."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return
+    target = "\0" + address[1:] if address[0] == "@" else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), target)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address, exc.strerror or exc)
 
 
 def run_agent(config: AgentConfig, emit: Emit) -> None:
