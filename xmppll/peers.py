@@ -106,7 +106,14 @@ class PeerView(RecordUpdateListener):
                 self._dirty.add(key)
             elif record.type in (_TYPE_SRV, _TYPE_TXT) and record.key.endswith(_SUFFIX):
                 self._dirty.add(record.key)
-            elif record.type in (_TYPE_A, _TYPE_AAAA):
+            elif record.type in (_TYPE_A, _TYPE_AAAA) and (
+                update.old is None or record.is_expired(now)
+            ):
+                # Only a new or vanishing address changes a peer. A host with many
+                # instances repeats the same A/AAAA in every announcement: re-resolving
+                # all of its instances for each would be quadratic in a burst (1000
+                # names: the agent fell ~10 s behind, its socket overflowed, events
+                # were lost).
                 self._dirty.update(self._by_server.get(record.key, ()))
 
     def async_update_records_complete(self) -> None:
