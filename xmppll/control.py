@@ -14,6 +14,7 @@ no zeroconf, no XML, no asyncio (one-shot commands pay only for a socket round t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -81,7 +82,10 @@ def find_agent(name: str | None) -> str:
 
 def _send(sock: socket.socket, op: str, args: dict[str, Any]) -> None:
     line = json.dumps({"v": VERSION, "op": op, **args}) + "\n"
-    sock.sendall(line.encode())
+    # The agent may have answered and hung up before reading (it refuses another uid
+    # at once): that answer, read next, says why; no answer at all is reported there.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(line.encode())
 
 
 def _check(reply: dict[str, Any]) -> dict[str, Any]:
@@ -122,10 +126,12 @@ def stream(name: str, op: str, **args: Any) -> Iterator[dict[str, Any]]:
         raise UnavailableError(f"cannot reach the agent for {name}: {exc}") from exc
     lines = _lines(sock)
     try:
-        _check(next(lines))
+        first = next(lines, None)
+        if first is None:
+            raise UnavailableError(f"the agent for {name} closed the connection without "
+                                   "answering")
+        _check(first)
         yield from lines
-    except StopIteration:
-        return
     finally:
         sock.close()
 
