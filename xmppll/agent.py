@@ -149,6 +149,7 @@ class Agent:
             self.inbox = Inbox(self.state)
             self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
                                            lookup=self._lookup, owners=self._owners,
+                                           owned_by=self._addresses_of,
                                            verify=self.config.verify,
                                            on_receipt=self.pool.acknowledge)
             await self.incoming.start(self.listeners)
@@ -189,6 +190,11 @@ class Agent:
         assert self.view is not None
         peer = await wait_for_peer(self.view, name, LOOKUP_WAIT if wait else 0)
         return peer["addresses"] if peer else None
+
+    def _addresses_of(self, name: str) -> list[str]:
+        assert self.view is not None
+        peer = self.view.find(name)
+        return peer["addresses"] if peer else []
 
     def _owners(self, address: str, scope: str | None) -> list[str]:
         assert self.view is not None

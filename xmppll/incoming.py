@@ -198,6 +198,11 @@ class Session:
             self.identity = await self.server.identify(
                 element.get("from") or None, self.address, self.scope
             )
+        elif self.identity.verified is not None:
+            # Checked again for every stanza: if the name stops advertising this
+            # address mid-stream, what follows is no longer vouched for.
+            self.identity.verified = self.server.still_verified(
+                self.identity.name, self.address, self.scope)
         if self.server.verify == "strict" and not self.identity.verified:
             raise _Refused(f"sender {self.identity.name or 'unknown'} is not verified")
         ack = st.receipt_ack_id(element)
@@ -271,13 +276,15 @@ class IncomingServer:
     """Accepts streams on already-bound listening sockets."""
 
     def __init__(self, *, name: Callable[[], str], inbox: Inbox, lookup: Lookup,
-                 owners: Owners, verify: str = "mark",
+                 owners: Owners, owned_by: Callable[[str], list[str]],
+                 verify: str = "mark",
                  on_receipt: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.on_receipt = on_receipt
         self.inbox = inbox
         self.lookup = lookup
         self.owners = owners
+        self.owned_by = owned_by
         self.verify = verify
         self.header_timeout = header_timeout()
         self.sessions: set[asyncio.Task] = set()
@@ -309,6 +316,8 @@ class IncomingServer:
         else the only peer that advertises it; `verified` says whether that held."""
         if self.verify == "off":
             return Identity(claimed, None)
+        if claimed and claimed.lower() == self.name().lower():
+            return Identity(claimed, False)  # nobody else may speak as us
         if claimed:
             # Only strict mode waits to resolve an unknown sender: under `mark` that
             # wait would delay every unpublished sender's delivery for nothing.
@@ -321,6 +330,13 @@ class IncomingServer:
         if len(owners) == 1:
             return Identity(owners[0], True)
         return Identity(None, False)
+
+    def still_verified(self, name: str | None, address: str, scope: str | None) -> bool:
+        """The check of identify() against what is cached now, without waiting."""
+        if not name or name.lower() == self.name().lower():
+            return False
+        return any(same_address(normalize(a), (address, scope))
+                   for a in self.owned_by(name))
 
     async def close(self) -> None:
         for server in self._servers:
