@@ -327,13 +327,25 @@ async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> None:
 
 async def wait_for_peer(view: PeerView, name: str, timeout: float) -> Event | None:
     """The peer `name` once it resolves, asking the link twice a second; None when it
-    has not appeared within `timeout`."""
+    has not appeared within `timeout`.
+
+    `find` reads the cache directly, so it can see a peer whose fe80:: address came
+    over IPv4 (no scope: connect() fails with EINVAL) before the IPv6 copy with the
+    scope: such a peer gets SCOPE_WAIT more, as the view's own events do."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     asked = -1.0
+    scoped_by: float | None = None
     while True:
         peer = view.find(name)
         now = loop.time()
+        if peer is not None and _unscoped(peer):
+            scoped_by = scoped_by or now + SCOPE_WAIT
+            if now < scoped_by and now < deadline:
+                view.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(view.changed.wait(), scoped_by - now)
+                continue
         if peer is not None or now >= deadline:
             return peer
         if now - asked >= 0.5:
