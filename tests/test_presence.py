@@ -195,6 +195,18 @@ def test_msg_is_cut_to_the_room_the_record_has_left() -> None:
         Presence(port=5298, first="F" * 150, last="L" * 150))) - 1 - 4)
 
 
+def test_no_room_at_all_for_msg_is_refused_with_the_limit() -> None:
+    """Found by hypothesis: the other fields leave fewer than the 4 bytes of `msg=`."""
+    fill = Presence(port=5298, first="F" * 150, last="L" * 150)
+    used = len(encode_txt(fill))
+    fill.nick = "n" * (MAX_RECORD - used - len("nick=") - 1 - 2)  # 2 bytes left
+    assert len(encode_txt(fill)) == MAX_RECORD - 2
+    fill.msg = "hello"
+    with pytest.raises(DataError, match="400") as caught:
+        encode_txt(fill)
+    assert caught.value.exit_code == 65
+
+
 def test_a_msg_that_fits_is_not_cut() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

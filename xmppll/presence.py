@@ -134,7 +134,10 @@ def _fit_msg(msg: str, used: int) -> bytes:
     if len(whole) <= room:
         return whole
     if room < len(b"msg="):
-        raise DataError("no room left in the TXT record for the status message")
+        raise DataError(
+            f"no room left for the status message in the {MAX_RECORD}-byte TXT record "
+            "(shorten the other fields or --txt values, or use --no-personal)"
+        )
     cut = _cut_utf8(whole, room)
     warnings.warn(
         f"status message cut to {len(cut) - 4} bytes to fit the TXT record",
