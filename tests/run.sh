@@ -12,6 +12,7 @@ cd "$root"
 packages=(
     iproute2 iputils-ping procps util-linux hostname passwd
     avahi-daemon avahi-utils finch libpurple-bin dbus tmux nftables jq groff-base man-db
+    make systemd
     python3 python3-venv
 )
 
