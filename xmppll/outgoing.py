@@ -131,7 +131,12 @@ async def connect(target: Target, *, timeout: float,
 
 
 async def _read_events(conn: Connection, timeout: float) -> list:
-    data = await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+    try:
+        data = await asyncio.wait_for(conn.reader.read(READ_SIZE), timeout)
+    except ConnectionResetError:
+        # libpurple refuses an unresolved sender by closing at once; our header, already
+        # on its way, then hits a closed socket, and its close reaches us as a RST.
+        data = b""
     if not data:
         conn.closed_by_peer = True
         return []
