@@ -591,6 +591,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
       xmppll listen --backlog --output ~/chat.jsonl
       xmppll listen --exec 'jq -r .body >> ~/messages.txt'"""
     import json
+    import signal
     from pathlib import Path
 
     from xmppll import identity, listening
@@ -604,6 +605,9 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
     agent = _running(name)
     if not agent:
         background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet)
+        # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
+        # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.
+        signal.signal(signal.SIGTERM, _interrupt)
     cursor = Cursor(identity.state_dir(agent))
     runner = listening.Runner(command) if command else None
     out = listening.FileOutput(Path(output)) if output else None
@@ -629,6 +633,10 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
             runner.close()
         if background is not None:
             background.stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _running(name: str | None) -> str | None:
