@@ -264,3 +264,13 @@ def test_tab_in_a_real_bash_offers_the_peers_online(lan: Lan, with_agent: bool) 
         assert time.monotonic() - start < 3, "completion held the shell"
     finally:
         shell.close()
+
+
+@pytest.mark.parametrize("shell", sorted(completion.FILES))
+def test_the_documented_one_liner_prints_the_committed_script(shell: str) -> None:
+    """README: `_XMPPLL_COMPLETE=bash_source xmppll > ...` installs the same script."""
+    env = {**os.environ, "_XMPPLL_COMPLETE": f"{shell}_source"}
+    done = subprocess.run([sys.executable, "-m", "xmppll"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == (ROOT / "completions" / completion.FILES[shell]).read_text()
