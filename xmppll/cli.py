@@ -464,7 +464,9 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     agent = None if ifaces else _sending_agent(from_)
     target = "every peer" if everyone else (to or "the peers named on stdin")
     what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
-    with render.progress(what, enabled=not (quiet or verbose or json_input or lines)):
+    # Not while reading stdin: the writer of the pipe (make) may print on the terminal.
+    reads_stdin = json_input or lines or not text
+    with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
         if agent:
             _send_via_agent(agent, records, everyone=everyone, timeout=timeout, wait=wait,
                             receipt=receipt)
