@@ -33,7 +33,12 @@ _TYPE_A, _TYPE_PTR, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV = 1, 12, 16, 28, 33
 _CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
 _SUFFIX = "." + SERVICE_TYPE
 REFRESH_AT = 0.75  # re-query a peer's SRV/addresses at 75 % of their TTL (RFC 6762 §5.2)
+ASK_DELAY = 0.025  # questions about incomplete peers are batched this long
 SCOPE_WAIT = 0.05  # how long a new peer waits for the IPv6 copy of its address records
+FIRST_WINDOW = 0.1  # seconds: a one-shot browse's first round, before the link's pace is known
+MAX_RTT = 0.5  # cap on the measured round trip (the first answer may have waited for ARP)
+LOSSY_ROUNDS = 3  # extra calm rounds a one-shot browse needs once it has seen answers lost
+EMPTY_ROUNDS = 2  # extra calm rounds before a one-shot browse calls a silent link empty
 
 Event = dict[str, Any]
 
@@ -69,6 +74,11 @@ class PeerView(RecordUpdateListener):
         self.peers: dict[str, Event] = {}
         self.seen: set[str] = set()  # every instance a PTR was heard for
         self.changed = asyncio.Event()
+        # Set only on news (a name heard for the first time, a peer added/changed/gone),
+        # not on every repeated record: a one-shot browse measures quiet by it.
+        self.progress = asyncio.Event()
+        self._to_ask: dict[str, bool] = {}
+        self._ask_timer: asyncio.TimerHandle | None = None
         self._ptr: dict[str, DNSPointer] = {}
         self._by_server: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
@@ -88,6 +98,8 @@ class PeerView(RecordUpdateListener):
         if self._browser is not None:
             await self._browser.async_cancel()
         self.zc.async_remove_listener(self)
+        if self._ask_timer is not None:
+            self._ask_timer.cancel()
         for task in self._tasks:
             task.cancel()
 
@@ -127,7 +139,9 @@ class PeerView(RecordUpdateListener):
         ptr = self._ptr.get(key)
         peer = None
         if ptr is not None and not ptr.is_expired(now):
-            self.seen.add(key)
+            if key not in self.seen:
+                self.seen.add(key)
+                self.progress.set()
             peer = self._resolve_from_cache(ptr.alias, now)
             if peer is None:
                 self._ask(ptr.alias, now)
@@ -136,16 +150,16 @@ class PeerView(RecordUpdateListener):
             self.seen.discard(key)
         if peer is not None and instance_of(key) in self.exclude:
             peer = None
-        if peer is not None and key not in self.peers and _unscoped(peer):
+        if (peer is not None and key not in self.peers and _unscoped(peer)
+                and key not in self._held):
             # Peers send each announcement over IPv4 and IPv6; an AAAA heard over IPv4
             # has no scope, and fe80:: without one cannot be connected to. The IPv6
             # copy (zeroconf keeps its scope) lands within milliseconds: wait for it
             # once, rather than emit `added` with a useless address and an `updated`
             # right after.
-            if key not in self._held:
-                self._held.add(key)
-                self._schedule(SCOPE_WAIT, key)
-                return
+            self._held.add(key)
+            self._schedule(SCOPE_WAIT, key)
+            return
         self._held.discard(key)
         self._emit(key, peer)
 
@@ -159,6 +173,7 @@ class PeerView(RecordUpdateListener):
         else:
             self.peers[key] = peer
             event = {"event": "added" if old is None else "updated", **peer}
+        self.progress.set()
         if self.on_event:
             self.on_event(event)
 
@@ -189,22 +204,35 @@ class PeerView(RecordUpdateListener):
         }
 
     def _ask(self, full: str, now: float, *, force: bool = False) -> None:
-        """Query what is missing (at most once a second per name)."""
+        """Query what is missing (at most once a second per name). Questions wait
+        ASK_DELAY and go out together: the SRV/TXT a PTR answer did not carry are
+        usually a few milliseconds behind it, and 200 peers must not mean 200 packets."""
         last = self._asked.get(full.lower(), 0)
         if not force and now - last < 1000:
             return
         self._asked[full.lower()] = now
+        self._to_ask[full] = force
+        if self._ask_timer is None:
+            self._ask_timer = asyncio.get_running_loop().call_later(ASK_DELAY, self._send_asks)
+
+    def _send_asks(self) -> None:
+        self._ask_timer = None
+        pending, self._to_ask = self._to_ask, {}
+        now = current_time_millis()
         out = DNSOutgoing(0)
-        out.add_question(DNSQuestion(full, _TYPE_SRV, _CLASS_IN | _CLASS_UNIQUE))
-        out.add_question(DNSQuestion(full, _TYPE_TXT, _CLASS_IN | _CLASS_UNIQUE))
-        srvs = _alive(self.zc.cache.async_entries_with_name(full), _TYPE_SRV, now)
-        for srv in srvs:
-            out.add_question(DNSQuestion(srv.server, _TYPE_A, _CLASS_IN | _CLASS_UNIQUE))
-            out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
-        self.zc.async_send(out)
-        if "." in instance_of(full):
-            query_single_label(self.zc, instance_of(full), (_TYPE_SRV, _TYPE_TXT))
-        self._schedule(1.1, full.lower())
+        for full, force in pending.items():
+            if not force and self._resolve_from_cache(full, now) is not None:
+                continue
+            out.add_question(DNSQuestion(full, _TYPE_SRV, _CLASS_IN | _CLASS_UNIQUE))
+            out.add_question(DNSQuestion(full, _TYPE_TXT, _CLASS_IN | _CLASS_UNIQUE))
+            for srv in _alive(self.zc.cache.async_entries_with_name(full), _TYPE_SRV, now):
+                out.add_question(DNSQuestion(srv.server, _TYPE_A, _CLASS_IN | _CLASS_UNIQUE))
+                out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
+            if "." in instance_of(full):
+                query_single_label(self.zc, instance_of(full), (_TYPE_SRV, _TYPE_TXT))
+            self._schedule(1.1, full.lower())
+        if out.questions:
+            self.zc.async_send(out)
 
     def find(self, name: str) -> Event | None:
         """A peer by name, also when only its SRV/TXT/addresses are cached so far."""
@@ -285,15 +313,16 @@ async def browse_once(
     *,
     timeout: float,
     exclude: set[str] | None = None,
-    quiet: float = 0.06,
+    quiet: float = 0.05,
     quiet_rounds: int = 2,
 ) -> list[Event]:
     """Everyone on the link, returned as soon as the link has gone quiet.
 
-    Answers to a query arrive in a burst within tens of milliseconds; lost answers come
-    back only when asked again. So: ask, wait for the burst to end, ask again listing
-    what we know, and stop after `quiet_rounds` rounds that taught us nothing new and
-    left nothing unresolved (or at `timeout`).
+    Answers to a query arrive in a burst within milliseconds; lost ones come back only
+    when asked again. So: ask, wait until `quiet` passes with no news (repeated copies
+    of records we have are not news), ask again listing what we know so only the
+    missing answer, and stop after `quiet_rounds` rounds that brought no news and left
+    nothing unresolved (or at `timeout`).
     """
     view = PeerView(zc, exclude=exclude)
     await view.start(browse=False)
@@ -302,27 +331,30 @@ async def browse_once(
     calm = 0
     try:
         while calm < quiet_rounds and loop.time() < deadline:
-            before = set(view.seen)
+            view.progress.clear()
             view.query_ptr()
-            await _until_quiet(view, quiet, deadline)
-            calm = calm + 1 if view.seen == before and not view.pending() else 0
+            news = await _until_quiet(view, quiet, deadline)
+            calm = 0 if news or view.pending() else calm + 1
     finally:
         await view.stop()
     return sorted(view.peers.values(), key=lambda p: p["name"].lower())
 
 
-async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> None:
-    """Wait until nothing has changed for `quiet` seconds (or the deadline)."""
+async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> bool:
+    """Wait until `quiet` seconds pass without news (or the deadline); whether any
+    news came."""
     loop = asyncio.get_running_loop()
+    news = False
     while True:
-        view.changed.clear()
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return
+            return news
         try:
-            await asyncio.wait_for(view.changed.wait(), min(quiet, remaining))
+            await asyncio.wait_for(view.progress.wait(), min(quiet, remaining))
         except TimeoutError:
-            return
+            return news
+        news = True
+        view.progress.clear()
 
 
 async def wait_for_peer(view: PeerView, name: str, timeout: float) -> Event | None:
