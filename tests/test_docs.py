@@ -34,6 +34,7 @@ def test_committed_pages_equal_a_fresh_generation() -> None:
     assert committed == set(fresh), "regenerate with: python -m xmppll.manpage man/"
     for name, text in fresh.items():
         assert _page(name) == text, f"man/{name} is stale: python -m xmppll.manpage man/"
+        assert "Sentinel" not in text and "UNSET" not in text, f"{name}: click internals"
 
 
 def test_every_command_has_help_and_a_page_listed_in_xmppll_1() -> None:

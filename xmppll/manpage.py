@@ -22,6 +22,7 @@ from xmppll import __version__, config
 from xmppll.errors import EXIT_CODES
 
 SOURCE = f"xmppll {__version__}"
+_UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3: "no default" is a sentinel
 Block = tuple[Any, ...]
 
 # --- roff ---------------------------------------------------------------------
@@ -142,7 +143,9 @@ def _default(opt: click.Option, ctx: click.Context) -> str | None:
     if opt.is_flag or opt.multiple or "[default" in (opt.help or ""):
         return None
     value = opt.get_default(ctx, call=True)
-    return None if value in (None, "") else str(value)
+    if value is _UNSET or value is None or value == "":
+        return None
+    return str(value)
 
 
 def config_key(command: str, param: click.Parameter) -> str | None:
