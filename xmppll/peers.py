@@ -318,43 +318,80 @@ async def browse_once(
 ) -> list[Event]:
     """Everyone on the link, returned as soon as the link has gone quiet.
 
-    Answers to a query arrive in a burst within milliseconds; lost ones come back only
-    when asked again. So: ask, wait until `quiet` passes with no news (repeated copies
-    of records we have are not news), ask again listing what we know so only the
-    missing answer, and stop after `quiet_rounds` rounds that brought no news and left
-    nothing unresolved (or at `timeout`).
+    Answers to a query arrive in a burst; lost ones come back only when asked again.
+    So: ask, wait until `quiet` passes with no news (repeated copies of records we have
+    are not news), ask again listing what we know so only the missing answer, and stop
+    after `quiet_rounds` rounds that brought no news and left nothing unresolved (or at
+    `timeout`).
+
+    The link's pace is measured, not assumed. Until the first answer each round lasts
+    twice the one before (0.1, 0.2, 0.4, 0.8 s), so a silent link is called empty after
+    1.5 s: fixed short rounds called a link with a 400 ms round trip (Wi-Fi power save,
+    a loaded link) empty while its answers were on the way, and the first unicast
+    answer to a new querier also waits for ARP. Once answers come, a round lasts at
+    least twice the time the first one took. A name first heard in a later round means
+    answers get lost: then LOSSY_ROUNDS more calm rounds are needed (at 20 % loss two
+    were not enough to hear every peer).
     """
     view = PeerView(zc, exclude=exclude)
     await view.start(browse=False)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    calm = 0
+    start = loop.time()
+    deadline = start + timeout
+    calm, window = 0, FIRST_WINDOW
+    rtt: float | None = None
+    answered = lossy = False
     try:
-        while calm < quiet_rounds and loop.time() < deadline:
+        while loop.time() < deadline:
+            if rtt is None:
+                needed = quiet_rounds + EMPTY_ROUNDS
+            else:
+                needed = quiet_rounds + (LOSSY_ROUNDS if lossy else 0)
+            if calm >= needed:
+                break
+            known = len(view.seen)
             view.progress.clear()
+            sent = loop.time()
             view.query_ptr()
-            news = await _until_quiet(view, quiet, deadline)
+            horizon = window if rtt is None else max(quiet, 2 * rtt)
+            news, heard = await _until_quiet(view, quiet, deadline, until=sent + horizon)
+            if rtt is None and heard is not None:
+                rtt = min(heard - start, MAX_RTT)
+            window *= 2
+            new_names = len(view.seen) > known
+            lossy = lossy or (new_names and answered)
+            answered = answered or new_names
             calm = 0 if news or view.pending() else calm + 1
     finally:
         await view.stop()
     return sorted(view.peers.values(), key=lambda p: p["name"].lower())
 
 
-async def _until_quiet(view: PeerView, quiet: float, deadline: float) -> bool:
-    """Wait until `quiet` seconds pass without news (or the deadline); whether any
-    news came."""
+async def _until_quiet(view: PeerView, quiet: float, deadline: float,
+                       until: float = 0.0) -> tuple[bool, float | None]:
+    """Wait until `until` has passed and then `quiet` seconds without news (or the
+    deadline). Returns whether any news came and, if the view knew no name on entry,
+    when it first heard one (the round then ends `quiet` after the news stops)."""
     loop = asyncio.get_running_loop()
     news = False
+    first: float | None = None
+    empty = not view.seen
     while True:
-        remaining = deadline - loop.time()
+        now = loop.time()
+        remaining = deadline - now
         if remaining <= 0:
-            return news
+            return news, first
         try:
-            await asyncio.wait_for(view.progress.wait(), min(quiet, remaining))
+            await asyncio.wait_for(view.progress.wait(), min(max(quiet, until - now), remaining))
         except TimeoutError:
-            return news
+            if loop.time() >= until:
+                return news, first
+            continue
         news = True
         view.progress.clear()
+        if empty and first is None and view.seen:
+            first = loop.time()
+            until = min(until, first + quiet)
 
 
 async def wait_for_peer(view: PeerView, name: str, timeout: float) -> Event | None:
