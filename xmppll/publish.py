@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from xmppll.link import SERVICE_TYPE, LocalAddress
 _TYPE_A, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV, _TYPE_ANY = 1, 16, 28, 33, 255
 _CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
 PROBE_INTERVAL = 0.25
+log = logging.getLogger("xmppll")
 MAX_RENAMES = 20
 
 
@@ -102,6 +104,8 @@ async def choose_host(
     candidate = label
     for attempt in range(2, MAX_RENAMES + 2):
         answers = await _ask_host(zc, f"{candidate}.local.", wait=0.3 if shared else 0.15)
+        log.info("host %s.local answered by %s", candidate, ", ".join(sorted(answers)) or
+                 "nobody")
         if not answers:
             return f"{candidate}.local.", addresses
         if answers <= own:
@@ -200,6 +204,7 @@ class Publisher:
 
     async def _probe(self, record: Record) -> bool:
         """RFC 6762 §8.1 probing; True when someone else holds the name."""
+        log.info("probing for %s", record.name)
         watch = _NameWatch(record)
         full = f"{record.name}.{SERVICE_TYPE}"
         self.zc.async_add_listener(watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
@@ -214,6 +219,9 @@ class Publisher:
                 self.zc.async_send(out)
                 try:
                     await asyncio.wait_for(watch.event.wait(), PROBE_INTERVAL)
+                    log.info("%s is taken (SRV %s port %s)", record.name,
+                             watch.conflict.server if watch.conflict else "?",
+                             watch.conflict.port if watch.conflict else "?")
                     return True
                 except TimeoutError:
                     continue
@@ -229,6 +237,9 @@ class Publisher:
             info, cooperating_responders=True
         )
         self.record, self._info = record, info
+        log.info("registered %s (SRV %s port %d, %s)", record.name, record.server,
+                 record.port, ", ".join(record.addresses) or "addresses from the host's "
+                 "own responder")
         self._watch = _NameWatch(record)
         full = f"{record.name}.{SERVICE_TYPE}"
         self.zc.async_add_listener(self._watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
