@@ -39,6 +39,7 @@ FIRST_WINDOW = 0.1  # seconds: a one-shot browse's first round, before the link'
 MAX_RTT = 0.5  # cap on the measured round trip (the first answer may have waited for ARP)
 LOSSY_ROUNDS = 3  # extra calm rounds a one-shot browse needs once it has seen answers lost
 EMPTY_ROUNDS = 2  # extra calm rounds before a one-shot browse calls a silent link empty
+MAX_ROUND = 1.0  # seconds: the longest round of a one-shot browse
 
 Event = dict[str, Any]
 
@@ -330,8 +331,8 @@ async def browse_once(
     a loaded link) empty while its answers were on the way, and the first unicast
     answer to a new querier also waits for ARP. Once answers come, a round lasts at
     least twice the time the first one took. A name first heard in a later round means
-    answers get lost: then LOSSY_ROUNDS more calm rounds are needed (at 20 % loss two
-    were not enough to hear every peer).
+    answers get lost: then LOSSY_ROUNDS more calm rounds are needed, each twice as long
+    as the one before (at 20 % loss two short ones often missed a peer).
     """
     view = PeerView(zc, exclude=exclude)
     await view.start(browse=False)
@@ -353,7 +354,15 @@ async def browse_once(
             view.progress.clear()
             sent = loop.time()
             view.query_ptr()
-            horizon = window if rtt is None else max(quiet, 2 * rtt)
+            if rtt is None:
+                horizon = window
+            elif lossy:
+                # Lost answers are often an ARP or ND exchange lost, which the kernel
+                # retries after one second: calm rounds grow so that the last ones
+                # span it (50 ms rounds: 1.55 s in all).
+                horizon = min(max(quiet, 2 * rtt) * 2**calm, MAX_ROUND)
+            else:
+                horizon = max(quiet, 2 * rtt)
             news, heard = await _until_quiet(view, quiet, deadline, until=sent + horizon)
             if rtt is None and heard is not None:
                 rtt = min(heard - start, MAX_RTT)
