@@ -111,12 +111,14 @@ def wants_json(flag: bool | None, stream: TextIO | None = None) -> bool:
 
 
 def safe(text: Any) -> str:
-    """Terminal-safe text: control characters (C0, DEL, C1, bidi overrides) escaped."""
+    """Terminal-safe text: control characters (C0, DEL, C1, bidi overrides) escaped,
+    and the Unicode line and paragraph separators (U+2028/9), which editors, pagers and
+    splitlines() break lines at: one record stays one line."""
     out = []
     for ch in str(text):
         code = ord(ch)
         if code < 0x20 or 0x7F <= code < 0xA0 or 0x202A <= code <= 0x202E \
-                or 0x2066 <= code <= 0x2069:
+                or 0x2066 <= code <= 0x2069 or code in (0x2028, 0x2029):
             out.append(f"\\u{code:04x}" if code > 0xFF else f"\\x{code:02x}")
         else:
             out.append(ch)
