@@ -77,6 +77,7 @@ class Inbox:
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
         self.subscribers: set[asyncio.Queue] = set()
+        self.unstored = 0  # submitted, not yet on disk: what a flood costs in memory
 
     def submit(self, record: Record) -> asyncio.Future:
         """Queue one stanza for the next group commit; the future resolves to the
@@ -88,6 +89,7 @@ class Inbox:
         loop = asyncio.get_running_loop()
         stored = loop.create_future()
         self._pending.append((line, stored))
+        self.unstored += 1
         if self._flushing is None:
             self._flushing = asyncio.ensure_future(self._flush())
         done = loop.create_future()
@@ -108,6 +110,7 @@ class Inbox:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                self.unstored -= len(batch)
                 data = b"".join(line for line, _ in batch)
                 try:
                     await loop.run_in_executor(None, self._write, data)

@@ -47,6 +47,9 @@ log = logging.getLogger("xmppll")
 HEADER_TIMEOUT_ENV = "XMPPLL_HEADER_TIMEOUT"
 READ_SIZE = 65536
 MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before we stop reading
+# The same across all streams: each waiting stanza holds ~3 KB, so this bounds what a
+# flood over many streams can make the agent hold (~25 MB) instead of 1024 x 2048.
+MAX_UNSTORED_ALL = 8192
 VERIFY_POLICIES = ("strict", "mark", "off")
 # Streams served at once. Each can hold up to ~40x the stanza limit while parsing a
 # hostile stanza, so the cap is what bounds the agent's memory; past it a connection
@@ -161,7 +164,8 @@ class Session:
             for event in events:
                 if await self._handle(event):
                     return
-            if len(self.unstored) > MAX_UNSTORED:
+            if (len(self.unstored) > MAX_UNSTORED
+                    or self.server.inbox.unstored > MAX_UNSTORED_ALL):
                 await self._settle()
 
     async def _handle(self, event: Any) -> bool:
