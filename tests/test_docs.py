@@ -49,7 +49,7 @@ def test_every_command_has_help_and_a_page_listed_in_xmppll_1() -> None:
 def test_every_option_argument_and_envvar_is_in_the_commands_page(name: str) -> None:
     text = _page(f"xmppll-{name}.1")
     command = cli.commands[name]
-    ctx = click.Context(command, info_name=name)
+    ctx = manpage.command_context(name, command)
     for param in [*command.params, command.get_help_option(ctx)]:
         assert param is not None
         if isinstance(param, click.Argument):
@@ -57,6 +57,8 @@ def test_every_option_argument_and_envvar_is_in_the_commands_page(name: str) -> 
         else:
             for opt in [*param.opts, *param.secondary_opts]:
                 assert f"\\fB{manpage.esc(opt)}\\fR" in text, f"{name}: {opt}"
+            if param.name == "help":
+                assert set(param.opts) == {"-h", "--help"}
             if param.help:
                 first_words = param.help.split("[")[0].split()[:3]
                 assert manpage.inline(" ".join(first_words)) in text, f"{name}: {param.name}"

@@ -185,14 +185,22 @@ def synopsis(prog: str, cmd: click.Command, ctx: click.Context) -> list[str]:
     return [".nh", ".ad l", " ".join(parts), ".ad", ".hy"]
 
 
+def command_context(name: str, cmd: click.Command) -> click.Context:
+    """The context the command runs in, with the group's settings (-h as well as
+    --help): click caches the help option per command from the first context asked."""
+    from xmppll.cli import cli
+
+    parent = click.Context(cli, info_name="xmppll", **cli.context_settings)
+    return click.Context(cmd, info_name=name, parent=parent)
+
+
 def _help_option(cmd: click.Command, ctx: click.Context) -> click.Option | None:
     return cmd.get_help_option(ctx)
 
 
 def command_page(name: str, cmd: click.Command) -> str:
-    from xmppll.cli import cli
 
-    ctx = click.Context(cmd, info_name=name, parent=click.Context(cli, info_name="xmppll"))
+    ctx = command_context(name, cmd)
     short = cmd.get_short_help_str(limit=200).rstrip(".")
     options: list[str] = []
     params = [*cmd.params, _help_option(cmd, ctx)]
