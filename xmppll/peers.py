@@ -40,6 +40,7 @@ MAX_RTT = 0.5  # cap on the measured round trip (the first answer may have waite
 LOSSY_ROUNDS = 3  # extra calm rounds a one-shot browse needs once it has seen answers lost
 EMPTY_ROUNDS = 2  # extra calm rounds before a one-shot browse calls a silent link empty
 MAX_ROUND = 1.0  # seconds: the longest round of a one-shot browse
+MAX_ASK_GAP = 3_600_000  # ms: questions about an incomplete name back off to once an hour
 
 Event = dict[str, Any]
 
@@ -84,6 +85,7 @@ class PeerView(RecordUpdateListener):
         self._by_server: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._asked: dict[str, float] = {}
+        self._ask_gap: dict[str, float] = {}  # ms before an incomplete name is asked again
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task] = set()
         self._held: set[str] = set()
@@ -145,10 +147,14 @@ class PeerView(RecordUpdateListener):
                 self.progress.set()
             peer = self._resolve_from_cache(ptr.alias, now)
             if peer is None:
-                self._ask(ptr.alias, now)
+                self._ask(ptr.alias, now, backoff=True)
+            else:
+                self._ask_gap.pop(key, None)
         elif ptr is not None:
             del self._ptr[key]
             self.seen.discard(key)
+            self._asked.pop(key, None)
+            self._ask_gap.pop(key, None)
         if peer is not None and instance_of(key) in self.exclude:
             peer = None
         if (peer is not None and key not in self.peers and _unscoped(peer)
@@ -204,14 +210,24 @@ class PeerView(RecordUpdateListener):
             **peer_fields(decode_txt(txt.text)),
         }
 
-    def _ask(self, full: str, now: float, *, force: bool = False) -> None:
+    def _ask(self, full: str, now: float, *, force: bool = False,
+             backoff: bool = False) -> None:
         """Query what is missing (at most once a second per name). Questions wait
         ASK_DELAY and go out together: the SRV/TXT a PTR answer did not carry are
-        usually a few milliseconds behind it, and 200 peers must not mean 200 packets."""
-        last = self._asked.get(full.lower(), 0)
-        if not force and now - last < 1000:
+        usually a few milliseconds behind it, and 200 peers must not mean 200 packets.
+
+        `backoff`: the view's own questions about a name that stays incomplete (a PTR
+        whose SRV/TXT never come: a crashed or hostile peer, a TXT too big for any
+        packet) come at doubling intervals, 1 s, 2 s, 4 s... up to an hour (RFC 6762
+        §5.2), not once a second for the PTR's 75 minutes from every agent."""
+        key = full.lower()
+        last = self._asked.get(key, 0)
+        gap = self._ask_gap.get(key, 1000) if backoff else 1000
+        if not force and now - last < gap:
             return
-        self._asked[full.lower()] = now
+        self._asked[key] = now
+        if backoff and not force:
+            self._ask_gap[key] = min(2 * gap, MAX_ASK_GAP) if key in self._ask_gap else 1000
         self._to_ask[full] = force
         if self._ask_timer is None:
             self._ask_timer = asyncio.get_running_loop().call_later(ASK_DELAY, self._send_asks)
@@ -231,7 +247,7 @@ class PeerView(RecordUpdateListener):
                 out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
             if "." in instance_of(full):
                 query_single_label(self.zc, instance_of(full), (_TYPE_SRV, _TYPE_TXT))
-            self._schedule(1.1, full.lower())
+            self._schedule(self._ask_gap.get(full.lower(), 1000) / 1000 + 0.1, full.lower())
         if out.questions:
             self.zc.async_send(out)
 
@@ -278,8 +294,12 @@ class PeerView(RecordUpdateListener):
         out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN | _CLASS_UNIQUE))
         if known_answers:
             now = current_time_millis()
+            # A name still incomplete is not listed: its responder then answers again
+            # with the SRV/TXT/addresses as additionals (the ones lost last time).
+            incomplete = self.pending()
             for ptr in self._ptr.values():
-                if not ptr.is_expired(now) and ptr.alias.lower() in self.seen:
+                key = ptr.alias.lower()
+                if not ptr.is_expired(now) and key in self.seen and key not in incomplete:
                     out.add_answer_at_time(ptr, now)
         self.zc.async_send(out)
 
