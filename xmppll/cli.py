@@ -447,7 +447,6 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
       xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json"""
     from xmppll import identity
 
-    _setup_logging(verbose)
     if timeout <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
     if everyone and to:
@@ -462,6 +461,8 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     records = _json_records(to) if json_input else _text_records(to, text, lines, base)
     ifaces = _check_interfaces(interfaces)
     agent = None if ifaces else _sending_agent(from_)
+    if verbose or not agent:  # logging costs ~5 ms of imports the agent's client can skip
+        _setup_logging(verbose)
     target = "every peer" if everyone else (to or "the peers named on stdin")
     what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
     # Not while reading stdin: the writer of the pipe (make) may print on the terminal.
