@@ -63,6 +63,7 @@ class Connection:
     parser: StreamParser = field(default_factory=StreamParser)
     peer_header: dict[str, str] | None = None
     closed_by_peer: bool = False
+    reset: bool = False  # closed with a RST: data we sent was thrown away unread
     receipts: set[str] = field(default_factory=set)
     error: str | None = None
 
@@ -136,6 +137,9 @@ async def _read_events(conn: Connection, timeout: float) -> list:
     except ConnectionResetError:
         # libpurple refuses an unresolved sender by closing at once; our header, already
         # on its way, then hits a closed socket, and its close reaches us as a RST.
+        # Before the peer's header that is a refusal (Session.open); after it, a peer
+        # that threw away what we sent (it died mid-stream): never a delivery.
+        conn.reset = True
         data = b""
     if not data:
         conn.closed_by_peer = True
@@ -202,6 +206,9 @@ class Session:
             if before_header:
                 raise Rejected(f"{self.peer} closed the connection without answering "
                                "(it accepts only senders it has resolved on the link)")
+            if self.conn.reset:
+                raise UnavailableError(f"{self.peer} reset the connection: what we sent "
+                                       "was not all read (the peer died or gave up)")
             raise UnavailableError(f"{self.peer} closed the stream before our messages "
                                    "were acknowledged")
 
@@ -237,7 +244,7 @@ class Session:
                 raise TimeoutFailure(f"{self.peer} did not close the stream within "
                                      f"{self.timeout:g} s: delivery unconfirmed")
             await _read_events(self.conn, remaining)
-        if self.conn.error:
+        if self.conn.error or self.conn.reset:
             self._raise_if_failed()
         self.abort()
 
