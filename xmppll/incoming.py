@@ -119,6 +119,7 @@ class Session:
         self.opened: StreamOpen | None = None
         self.identity: Identity | None = None
         self.unstored: list[asyncio.Future] = []
+        self.store_failed = False
         self.where = f"{self.address}{'%' + self.scope if self.scope else ''}:{self.port}"
 
     async def run(self) -> None:
@@ -132,8 +133,10 @@ class Session:
             log.warning("stream from %s closed: %s timeout", self.where, what)
             await self._send(_stream_error("connection-timeout"))
         except IOFailure as exc:
-            log.error("stream from %s closed: %s", self.where, exc)
-            await self._send(_stream_error("resource-constraint", "the inbox cannot store"))
+            if not self.store_failed:  # else _check_stored has said so already
+                log.error("stream from %s closed: %s", self.where, exc)
+                await self._send(_stream_error("resource-constraint",
+                                               "the inbox cannot store"))
         except _Refused as exc:
             log.warning("stream from %s refused: %s", self.where, exc)
             await self._send(_stream_error("not-authorized", str(exc)))
@@ -224,6 +227,7 @@ class Session:
         record["received"] = _now()
         stored = self.server.inbox.submit(record)
         self.unstored.append(stored)
+        stored.add_done_callback(self._check_stored)
         answer = self._answer(element)
         if answer is not None:
             stored.add_done_callback(lambda fut: self._reply_when_stored(fut, answer))
@@ -237,6 +241,19 @@ class Session:
         if receipt_id and element.get("from"):
             return serialize(st.build_receipt(element.get("from"), me, receipt_id)).encode()
         return None
+
+    def _check_stored(self, stored: asyncio.Future) -> None:
+        """A stanza the inbox could not store (disk full) ends the stream at once, with
+        the reason: a sender waiting for its receipt would otherwise wait out its whole
+        timeout and learn only "no answer", and one still sending would pile up more
+        that cannot be stored. Closing our side makes the read loop end and settle."""
+        if stored.cancelled() or stored.exception() is None or self.store_failed:
+            return
+        self.store_failed = True
+        log.error("stream from %s closed: %s", self.where, stored.exception())
+        with contextlib.suppress(Exception):
+            self.writer.write(_stream_error("resource-constraint", "the inbox cannot store"))
+            self.writer.close()
 
     def _reply_when_stored(self, stored: asyncio.Future, answer: bytes) -> None:
         """XEP-0184: the receipt says "it is in the inbox", so only after fsync."""
