@@ -8,31 +8,28 @@ socket that lets one-shot commands use all of it for the cost of a round trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import logging
 import os
 import signal
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from xmppll import caps, control, identity
+from xmppll import caps, identity
 from xmppll import stanza as st
+from xmppll.control_server import ControlServer, reply
 from xmppll.errors import (
     DataError,
-    IOFailure,
     NoPeerError,
     UnavailableError,
     XmpplError,
 )
 from xmppll.inbox import Inbox, read_after
-from xmppll.incoming import IncomingServer, normalize, same_address
+from xmppll.incoming import IncomingServer, bind_port, normalize, same_address
 from xmppll.link import local_addresses, mdns_port_taken, open_link
 from xmppll.outgoing import ConnectFailed, StreamPool, Target
 from xmppll.peers import PeerView, wait_for_peer
@@ -44,9 +41,6 @@ log = logging.getLogger("xmppll")
 REFRESH_INTERVAL = 10.0
 FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
 LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
-# One request line: a `send` carries a whole message, and a body the peer's 1 MiB stanza
-# limit admits can grow up to ~6x as JSON with \u escapes (the asyncio default is 64 KiB).
-CONTROL_LINE_LIMIT = 8 * 1024 * 1024
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -64,41 +58,6 @@ class AgentConfig:
 
 def caps_tuple() -> tuple[str, str, str]:
     return (caps.CAPS_NODE, "sha-1", caps.caps_ver())
-
-
-def _bind_listeners(port: int, given: bool) -> list[socket.socket]:
-    """Reserve the TCP port on IPv6 and IPv4 before publishing it: a published port
-    nobody listens on makes every sender fail. 5298 is the XEP's default; when it is
-    taken and was not asked for explicitly, the kernel picks one (as libpurple does)."""
-    try:
-        return _bind_pair(port)
-    except OSError as exc:
-        if given:
-            raise IOFailure(f"cannot listen on port {port}: {exc.strerror}") from exc
-        return _bind_pair(0)
-
-
-def _bind_pair(port: int) -> list[socket.socket]:
-    socks: list[socket.socket] = []
-    try:
-        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        socks.append(v6)
-        v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        v6.bind(("::", port))
-        port = v6.getsockname()[1]
-        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        socks.append(v4)
-        v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        v4.bind(("0.0.0.0", port))
-    except OSError:
-        for s in socks:
-            s.close()
-        raise
-    for s in socks:
-        s.listen(128)
-        s.setblocking(False)
-    return socks
 
 
 class Agent:
@@ -119,8 +78,7 @@ class Agent:
         self.incoming: IncomingServer | None = None
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
-        self._control: asyncio.AbstractServer | None = None
-        self._socket_path: Path | None = None
+        self.control = ControlServer(self)
 
     @property
     def name(self) -> str:
@@ -134,7 +92,7 @@ class Agent:
         self._take_lock()
         self.txt()  # refuse an unpublishable record before touching the network
         shared = mdns_port_taken()
-        self.listeners = _bind_listeners(self.presence.port, self.config.port_given)
+        self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
         mine = local_addresses(self.config.interfaces or None)
         azc = await open_link(self.config.interfaces or None)
@@ -156,7 +114,7 @@ class Agent:
             if self.config.publish:
                 await self._publish(azc, mine, shared)
             else:
-                await self._start_control(self.config.name)
+                await self.control.start(self.config.name)
                 self.emit({"event": "listening", "name": self.config.name,
                            "port": self.presence.port, "addresses": [a.address for a in mine]})
                 sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
@@ -177,7 +135,7 @@ class Agent:
         )
         assert self.view is not None
         self.view.exclude_name(record.name)
-        await self._start_control(record.name)
+        await self.control.start(record.name)
         self._save_record(record)
         self.emit({"event": "announced", "name": record.name,
                    "host": record.server.rstrip("."), "addresses": record.addresses,
@@ -236,7 +194,7 @@ class Agent:
             self._save_record(self.publisher.record)
             if self.view:
                 self.view.exclude_name(event["name"])
-            asyncio.ensure_future(self._start_control(event["name"]))
+            asyncio.ensure_future(self.control.start(event["name"]))
         if event["event"] == "withdrawn":
             self.stop_event.set()
 
@@ -295,77 +253,16 @@ class Agent:
             await self.publisher.withdraw()
             (self.state / "published.json").unlink(missing_ok=True)
             self.emit({"event": "withdrawn", "name": name})
-        await self._stop_control()
+        await self.control.stop()
         for sock in self.listeners:
             sock.close()
         if self.inbox:
             self.inbox.close()
         await azc.async_close()
 
-    # --- control socket -------------------------------------------------------
-    async def _start_control(self, name: str) -> None:
-        await self._stop_control()
-        control.prepare_runtime_dir()
-        path = identity.socket_path(name)
-        if path.exists():
-            if control.is_alive(path):
-                raise UnavailableError(f"an agent for {name} is already running")
-            path.unlink()  # left behind by a killed agent
-        old = os.umask(0o177)
-        try:
-            self._control = await asyncio.start_unix_server(self._client, path=str(path),
-                                                            limit=CONTROL_LINE_LIMIT)
-        finally:
-            os.umask(old)
-        self._socket_path = path
-
-    async def _stop_control(self) -> None:
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        if self._socket_path is not None:
-            self._socket_path.unlink(missing_ok=True)
-            self._socket_path = None
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if not _same_user(writer):
-                await _reply(writer, _error(UnavailableError("permission denied: not your agent")))
-                return
-            while line := await reader.readline():
-                await self._dispatch(line, reader, writer)
-        except ValueError:  # a line longer than CONTROL_LINE_LIMIT: no request is that big
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await _reply(writer, _error(XmpplError("bad request: line too long", 64)))
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # gone, or not reading its replies: either way, done with it
-        finally:
-            if writer.transport.get_write_buffer_size():
-                writer.transport.abort()  # close() would wait for a reader that never reads
-            else:
-                writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _dispatch(self, line: bytes, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict) or req.get("v") != control.VERSION:
-                raise XmpplError("bad request: expected a JSON object with \"v\": 1", 64)
-            op = req.get("op")
-            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
-            if handler is None:
-                raise XmpplError(f"unknown op {op!r}", 64)
-            await handler(req, writer)
-        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8 at all
-            await _reply(writer, _error(XmpplError("bad request: not JSON", 64)))
-        except XmpplError as exc:
-            await _reply(writer, _error(exc))
-
     async def op_info(self, req: dict, writer: asyncio.StreamWriter) -> None:
         rec = self.publisher.record if self.publisher else None
-        await _reply(writer, {"ok": True, "name": self.name, "pid": os.getpid(),
+        await reply(writer, {"ok": True, "name": self.name, "pid": os.getpid(),
                               "port": self.presence.port,
                               "host": rec.server.rstrip(".") if rec else None,
                               "addresses": rec.addresses if rec else [],
@@ -396,7 +293,7 @@ class Agent:
     async def op_peers(self, req: dict, writer: asyncio.StreamWriter) -> None:
         peers = sorted(self.view.peers.values(), key=lambda p: p["name"].lower()) \
             if self.view else []
-        await _reply(writer, {"ok": True, "peers": peers})
+        await reply(writer, {"ok": True, "peers": peers})
 
     async def op_follow(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """Streams `added` for every cached peer, then every change, until the client
@@ -404,7 +301,7 @@ class Agent:
         queue: asyncio.Queue = asyncio.Queue(maxsize=FOLLOW_BACKLOG)
         self.subscribers[queue] = writer
         try:
-            await _reply(writer, {"ok": True})
+            await reply(writer, {"ok": True})
             for peer in list(self.view.peers.values()) if self.view else []:
                 queue.put_nowait({"event": "added", **peer})
             while True:
@@ -423,7 +320,7 @@ class Agent:
         try:
             after = req.get("after")
             last = self.inbox.seq if after is None else int(after)
-            await _reply(writer, {"ok": True, "seq": self.inbox.seq})
+            await reply(writer, {"ok": True, "seq": self.inbox.seq})
             for record in read_after(self.state, last):
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
                 last = record["seq"]
@@ -456,7 +353,7 @@ class Agent:
             self.view.ask(peer["name"])
             peer = await self._resolve(message["to"], 1.0)
             await self._deliver(peer, element, timeout, reuse)
-        await _reply(writer, {"ok": True, "id": element.get("id"), "to": peer["name"],
+        await reply(writer, {"ok": True, "id": element.get("id"), "to": peer["name"],
                               "streams_opened": self.pool.opened})
 
     async def _resolve(self, name: str, wait: float) -> dict[str, Any]:
@@ -474,7 +371,7 @@ class Agent:
                              sources=rec.addresses if rec else None, receipts=reuse)
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        await _reply(writer, {"ok": True, "name": self.name})
+        await reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
 
 
@@ -483,23 +380,6 @@ def _speaks_receipts(peer: dict[str, Any]) -> bool:
     reused stream confirm each message: known for xmppll's own caps node."""
     peer_caps = peer.get("caps") or {}
     return peer_caps.get("node") == caps.CAPS_NODE
-
-
-def _same_user(writer: asyncio.StreamWriter) -> bool:
-    """File modes can be loosened by mistake; the kernel's word on the peer cannot."""
-    sock = writer.get_extra_info("socket")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == os.getuid()
-
-
-def _error(exc: XmpplError) -> dict[str, Any]:
-    return {"ok": False, "error": str(exc), "code": exc.exit_code}
-
-
-async def _reply(writer: asyncio.StreamWriter, data: dict[str, Any]) -> None:
-    writer.write((json.dumps({"v": control.VERSION, **data}) + "\n").encode())
-    await asyncio.wait_for(writer.drain(), 10)
 
 
 def sd_notify(state: str) -> None:

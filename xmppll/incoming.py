@@ -366,3 +366,38 @@ class IncomingServer:
             task.cancel()
         if self.sessions:
             await asyncio.gather(*self.sessions, return_exceptions=True)
+
+
+def bind_port(port: int, given: bool) -> list[socket.socket]:
+    """Reserve the TCP port on IPv6 and IPv4 before publishing it: a published port
+    nobody listens on makes every sender fail. 5298 is the XEP's default; when it is
+    taken and was not asked for explicitly, the kernel picks one (as libpurple does)."""
+    try:
+        return _bind_pair(port)
+    except OSError as exc:
+        if given:
+            raise IOFailure(f"cannot listen on port {port}: {exc.strerror}") from exc
+        return _bind_pair(0)
+
+
+def _bind_pair(port: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    try:
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        socks.append(v6)
+        v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(("::", port))
+        port = v6.getsockname()[1]
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(v4)
+        v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v4.bind(("0.0.0.0", port))
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    for s in socks:
+        s.listen(128)
+        s.setblocking(False)
+    return socks
