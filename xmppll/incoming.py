@@ -398,6 +398,6 @@ def _bind_pair(port: int) -> list[socket.socket]:
             s.close()
         raise
     for s in socks:
-        s.listen(128)
+        s.listen(MAX_SESSIONS)  # a burst of connects must queue, not be refused
         s.setblocking(False)
     return socks
