@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
+import struct
+import termios
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -35,6 +38,7 @@ from xmppll.stream import (
 )
 
 READ_SIZE = 65536
+_TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
 
 
 class Rejected(UnavailableError):
@@ -176,6 +180,19 @@ def _error_condition(element: ET.Element) -> str:
     return "undefined-condition"
 
 
+def _tcp_state(conn: Connection) -> tuple[int, int] | None:
+    """(TCP state, bytes we sent that the peer has not acknowledged yet), or None."""
+    sock = conn.writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        outq = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except (OSError, ValueError):
+        return None
+    return info[0], struct.unpack("i", outq)[0] + conn.writer.transport.get_write_buffer_size()
+
+
 class Session:
     """One outgoing stream to one peer."""
 
@@ -246,7 +263,30 @@ class Session:
             await _read_events(self.conn, remaining)
         if self.conn.error or self.conn.reset:
             self._raise_if_failed()
+        await self._all_taken(deadline)
         self.abort()
+
+    async def _all_taken(self, deadline: float) -> None:
+        """A TCP close says the peer read what we sent only if nothing we sent was
+        still on its way: a peer that dies or closes with our data in flight sends a
+        FIN first and refuses the rest with a RST later, and counting the FIN as a
+        delivery was a false success. So wait until the kernel has every byte acked
+        (a half-closing peer keeps reading) or the connection is reset (it will not)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            state = _tcp_state(self.conn)
+            if state is None:
+                return  # no socket to ask (not TCP): the close is all we know
+            tcp, unacked = state
+            if tcp == _TCP_CLOSE:
+                raise UnavailableError(f"{self.peer} reset the connection: what we sent "
+                                       "was not all read (the peer died or gave up)")
+            if unacked == 0:
+                return
+            if loop.time() >= deadline:
+                raise UnavailableError(f"{self.peer} closed the connection with {unacked} "
+                                       "bytes of ours still unread: delivery failed")
+            await asyncio.sleep(0.01)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
