@@ -68,6 +68,7 @@ class Connection:
     peer_header: dict[str, str] | None = None
     closed_by_peer: bool = False
     reset: bool = False  # closed with a RST: data we sent was thrown away unread
+    close_tag: bool = False  # the peer sent its </stream:stream>
     receipts: set[str] = field(default_factory=set)
     error: str | None = None
 
@@ -157,6 +158,7 @@ async def _read_events(conn: Connection, timeout: float) -> list:
             conn.peer_header = event.attrs
         elif isinstance(event, StreamClose):
             conn.closed_by_peer = True
+            conn.close_tag = True
         elif isinstance(event, Stanza):
             _note(conn, event)
     return events
@@ -263,6 +265,14 @@ class Session:
             await _read_events(self.conn, remaining)
         if self.conn.error or self.conn.reset:
             self._raise_if_failed()
+        if not self.conn.close_tag and (self.conn.peer_header or {}).get("version") == "1.0":
+            # An XMPP 1.0 peer answers our closing tag with its own (RFC 6120 §4.4);
+            # xmppll's agent sends it only once what it read is on disk. A bare TCP
+            # close from such a peer is a crash (an agent killed after reading our
+            # message, before storing it), not a delivery. Peers that send no version
+            # (libpurple) may still just close.
+            raise UnavailableError(f"{self.peer} closed the connection without closing "
+                                   "the stream: delivery unconfirmed")
         await self._all_taken(deadline)
         self.abort()
 
