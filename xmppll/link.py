@@ -20,6 +20,10 @@ from zeroconf.asyncio import AsyncZeroconf
 from xmppll.errors import IOFailure, UsageError
 
 SERVICE_TYPE = "_presence._tcp.local."
+# DNS record types and classes (RFC 1035, 3596, 2782; RFC 6762 §5.4 and §10.2 for the
+# top class bit: "unicast response" in a question, "cache flush" in an answer).
+TYPE_A, TYPE_PTR, TYPE_TXT, TYPE_AAAA, TYPE_SRV, TYPE_ANY = 1, 12, 16, 28, 33, 255
+CLASS_IN, CLASS_UNIQUE = 1, 0x8000
 RCVBUF_BYTES = 4 * 1024 * 1024
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 

@@ -26,11 +26,20 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser
 
-from xmppll.link import SERVICE_TYPE, format_address, query_single_label
+from xmppll.link import (
+    CLASS_IN,
+    CLASS_UNIQUE,
+    SERVICE_TYPE,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_PTR,
+    TYPE_SRV,
+    TYPE_TXT,
+    format_address,
+    query_single_label,
+)
 from xmppll.presence import decode_txt, peer_fields
 
-_TYPE_A, _TYPE_PTR, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV = 1, 12, 16, 28, 33
-_CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
 _SUFFIX = "." + SERVICE_TYPE
 REFRESH_AT = 0.75  # re-query a peer's SRV/addresses at 75 % of their TTL (RFC 6762 §5.2)
 ASK_DELAY = 0.025  # questions about incomplete peers are batched this long
@@ -93,7 +102,7 @@ class PeerView(RecordUpdateListener):
     async def start(self, *, browse: bool = True) -> None:
         """Listen (and let python-zeroconf's browser schedule its PTR queries and
         refreshes, unless a caller drives its own queries)."""
-        self.zc.async_add_listener(self, DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        self.zc.async_add_listener(self, DNSQuestion(SERVICE_TYPE, TYPE_PTR, CLASS_IN))
         if browse:
             self._browser = AsyncServiceBrowser(self.zc, SERVICE_TYPE, handlers=[_ignore])
 
@@ -115,13 +124,13 @@ class PeerView(RecordUpdateListener):
     def async_update_records(self, zc: Zeroconf, now: float, records: list) -> None:
         for update in records:
             record = update.new
-            if record.type == _TYPE_PTR and record.key == SERVICE_TYPE:
+            if record.type == TYPE_PTR and record.key == SERVICE_TYPE:
                 key = record.alias.lower()
                 self._ptr[key] = record
                 self._dirty.add(key)
-            elif record.type in (_TYPE_SRV, _TYPE_TXT) and record.key.endswith(_SUFFIX):
+            elif record.type in (TYPE_SRV, TYPE_TXT) and record.key.endswith(_SUFFIX):
                 self._dirty.add(record.key)
-            elif record.type in (_TYPE_A, _TYPE_AAAA) and (
+            elif record.type in (TYPE_A, TYPE_AAAA) and (
                 update.old is None or record.is_expired(now)
             ):
                 # Only a new or vanishing address changes a peer. A host with many
@@ -187,15 +196,15 @@ class PeerView(RecordUpdateListener):
     def _resolve_from_cache(self, full: str, now: float) -> Event | None:
         cache = self.zc.cache
         records = cache.async_entries_with_name(full)
-        srvs: list[DNSService] = _alive(records, _TYPE_SRV, now)
-        txts: list[DNSText] = _alive(records, _TYPE_TXT, now)
+        srvs: list[DNSService] = _alive(records, TYPE_SRV, now)
+        txts: list[DNSText] = _alive(records, TYPE_TXT, now)
         if not srvs or not txts:
             return None
         srv, txt = _current(srvs), _current(txts)
         server = srv.server_key
         self._by_server.setdefault(server, set()).add(full.lower())
         hosts = cache.async_entries_with_name(server)
-        addrs: list[DNSAddress] = _alive(hosts, _TYPE_AAAA, now) + _alive(hosts, _TYPE_A, now)
+        addrs: list[DNSAddress] = _alive(hosts, TYPE_AAAA, now) + _alive(hosts, TYPE_A, now)
         if not addrs:
             return None
         addresses = sorted(
@@ -240,13 +249,13 @@ class PeerView(RecordUpdateListener):
         for full, force in pending.items():
             if not force and self._resolve_from_cache(full, now) is not None:
                 continue
-            out.add_question(DNSQuestion(full, _TYPE_SRV, _CLASS_IN | _CLASS_UNIQUE))
-            out.add_question(DNSQuestion(full, _TYPE_TXT, _CLASS_IN | _CLASS_UNIQUE))
-            for srv in _alive(self.zc.cache.async_entries_with_name(full), _TYPE_SRV, now):
-                out.add_question(DNSQuestion(srv.server, _TYPE_A, _CLASS_IN | _CLASS_UNIQUE))
-                out.add_question(DNSQuestion(srv.server, _TYPE_AAAA, _CLASS_IN | _CLASS_UNIQUE))
+            out.add_question(DNSQuestion(full, TYPE_SRV, CLASS_IN | CLASS_UNIQUE))
+            out.add_question(DNSQuestion(full, TYPE_TXT, CLASS_IN | CLASS_UNIQUE))
+            for srv in _alive(self.zc.cache.async_entries_with_name(full), TYPE_SRV, now):
+                out.add_question(DNSQuestion(srv.server, TYPE_A, CLASS_IN | CLASS_UNIQUE))
+                out.add_question(DNSQuestion(srv.server, TYPE_AAAA, CLASS_IN | CLASS_UNIQUE))
             if "." in instance_of(full):
-                query_single_label(self.zc, instance_of(full), (_TYPE_SRV, _TYPE_TXT))
+                query_single_label(self.zc, instance_of(full), (TYPE_SRV, TYPE_TXT))
             self._schedule(self._ask_gap.get(full.lower(), 1000) / 1000 + 0.1, full.lower())
         if out.questions:
             self.zc.async_send(out)
@@ -278,7 +287,7 @@ class PeerView(RecordUpdateListener):
         now = current_time_millis()
         for key, peer in list(self.peers.items()):
             records = self.zc.cache.async_entries_with_name(_full(peer["name"]))
-            srvs = _alive(records, _TYPE_SRV, now)
+            srvs = _alive(records, TYPE_SRV, now)
             due = not srvs or any(
                 now - r.created > r.ttl * 1000 * REFRESH_AT for r in srvs
             )
@@ -291,7 +300,7 @@ class PeerView(RecordUpdateListener):
         """One PTR query (QU: answers come straight back), listing what we already have
         so responders we heard stay quiet and only the missing ones answer."""
         out = DNSOutgoing(0)
-        out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN | _CLASS_UNIQUE))
+        out.add_question(DNSQuestion(SERVICE_TYPE, TYPE_PTR, CLASS_IN | CLASS_UNIQUE))
         if known_answers:
             now = current_time_millis()
             # A name still incomplete is not listed: its responder then answers again

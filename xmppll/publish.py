@@ -30,10 +30,17 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncZeroconf
 
 from xmppll.errors import UnavailableError
-from xmppll.link import SERVICE_TYPE, LocalAddress
+from xmppll.link import (
+    CLASS_IN,
+    CLASS_UNIQUE,
+    SERVICE_TYPE,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_SRV,
+    LocalAddress,
+)
 
-_TYPE_A, _TYPE_TXT, _TYPE_AAAA, _TYPE_SRV, _TYPE_ANY = 1, 16, 28, 33, 255
-_CLASS_IN, _CLASS_UNIQUE = 1, 0x8000
 PROBE_INTERVAL = 0.25
 log = logging.getLogger("xmppll")
 MAX_RENAMES = 20
@@ -117,8 +124,8 @@ async def choose_host(
 async def _ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
     """Addresses anyone answers for `host` within `wait` seconds."""
     out = DNSOutgoing(0)
-    for type_ in (_TYPE_A, _TYPE_AAAA):
-        out.add_question(DNSQuestion(host, type_, _CLASS_IN | _CLASS_UNIQUE))
+    for type_ in (TYPE_A, TYPE_AAAA):
+        out.add_question(DNSQuestion(host, type_, CLASS_IN | CLASS_UNIQUE))
     zc.async_send(out)
     deadline = time.monotonic() + wait
     while True:
@@ -126,7 +133,7 @@ async def _ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
         found = {
             str(ipaddress.ip_address(r.address))
             for r in zc.cache.async_entries_with_name(host)
-            if r.type in (_TYPE_A, _TYPE_AAAA) and not r.is_expired(now)
+            if r.type in (TYPE_A, TYPE_AAAA) and not r.is_expired(now)
         }
         if found or time.monotonic() >= deadline:
             return found
@@ -145,7 +152,7 @@ class _NameWatch(RecordUpdateListener):
         key = f"{self.record.name}.{SERVICE_TYPE}".lower()
         for update in records:
             new = update.new
-            if new.key != key or new.is_expired(now) or new.type != _TYPE_SRV:
+            if new.key != key or new.is_expired(now) or new.type != TYPE_SRV:
                 continue
             if (new.server_key, new.port) != (self.record.server.lower(), self.record.port):
                 self.conflict = new
@@ -207,13 +214,13 @@ class Publisher:
         log.info("probing for %s", record.name)
         watch = _NameWatch(record)
         full = f"{record.name}.{SERVICE_TYPE}"
-        self.zc.async_add_listener(watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
+        self.zc.async_add_listener(watch, DNSQuestion(full, TYPE_SRV, CLASS_IN))
         info = record.info()
         try:
             await asyncio.sleep(random.uniform(0, PROBE_INTERVAL))
             for _ in range(3):
                 out = DNSOutgoing(0)
-                out.add_question(DNSQuestion(full, _TYPE_ANY, _CLASS_IN | _CLASS_UNIQUE))
+                out.add_question(DNSQuestion(full, TYPE_ANY, CLASS_IN | CLASS_UNIQUE))
                 out.authorities.append(info.dns_service())
                 out.authorities.append(info.dns_text())
                 self.zc.async_send(out)
@@ -242,7 +249,7 @@ class Publisher:
                  "own responder")
         self._watch = _NameWatch(record)
         full = f"{record.name}.{SERVICE_TYPE}"
-        self.zc.async_add_listener(self._watch, DNSQuestion(full, _TYPE_SRV, _CLASS_IN))
+        self.zc.async_add_listener(self._watch, DNSQuestion(full, TYPE_SRV, CLASS_IN))
         self._defender = asyncio.ensure_future(self._defend())
 
     async def _defend(self) -> None:
