@@ -145,7 +145,7 @@ def test_lossy_slow_link_browse_finds_all_and_send_delivers(slow_lan: HubLan) ->
     for args in (("--wait", "10"), ("--wait", "10", "--receipt")):
         start = time.monotonic()
         done = a.xmppll("send", "tester@h2", f"{tok} {' '.join(args)}", *args,
-                        "--timeout", "30", timeout=60)
+                        "--timeout", "60", timeout=90)
         sends.append(time.monotonic() - start)
         assert done.returncode == 0, done.stderr
     big = f"{tok} big " + "x" * 20000
