@@ -499,29 +499,21 @@ def _send_via_agent(agent: str, records: Any, *, everyone: bool, timeout: float,
                     wait: float, receipt: bool) -> None:
     """One control request per message; the agent answers when the peer took it."""
     from xmppll import control
-    from xmppll.errors import NoPeerError, at_line
+    from xmppll.errors import NoPeerError, Tally
 
     names = [p["name"] for p in control.request(agent, "peers")["peers"]] if everyone else []
     if everyone and not names:
         raise NoPeerError("no peers on the link")
-    sent = 0
-    records = iter(records)
-    while True:
-        try:  # reading the input fails too (a bad JSON line): say what went out before
-            item = next(records, None)
-        except XmpplError as exc:
-            raise at_line(exc, 0, sent) from None
-        if item is None:
-            break
-        lineno, record = item
+    tally = Tally()
+    for lineno, record in tally.read(records):
         try:
             for to in names or [record["to"]]:
                 control.request(agent, "send", message={**record, "to": to},
                                 timeout=timeout + wait + 5, send_timeout=timeout,
                                 wait=wait, receipt=receipt)
-                sent += 1
+                tally.sent += 1
         except XmpplError as exc:
-            raise at_line(exc, lineno, sent) from None
+            raise tally.failed(exc, lineno) from None
 
 
 def _text_records(to: str | None, text: tuple[str, ...], lines: bool,

@@ -3,6 +3,12 @@ and only the CLI decides how to print it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class XmpplError(Exception):
     """Base class: a message a user can act on, and the process exit code it maps to."""
@@ -49,6 +55,24 @@ def at_line(exc: XmpplError, lineno: int, sent: int) -> XmpplError:
     where = f"line {lineno}: " if lineno else ""
     before = f" ({sent} sent before it)" if sent else ""
     return type(exc)(f"{where}{exc}{before}", exc.exit_code)
+
+
+class Tally:
+    """Counts messages sent from an input of (line number, record) pairs, so that any
+    failure, in reading the input (a bad JSON line) or in sending, says where it
+    happened and how many went out before it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def read(self, records: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        try:
+            yield from records
+        except XmpplError as exc:
+            raise at_line(exc, 0, self.sent) from None
+
+    def failed(self, exc: XmpplError, lineno: int) -> XmpplError:
+        return at_line(exc, lineno, self.sent)
 
 
 EXIT_CODES: dict[int, str] = {

@@ -14,7 +14,7 @@ from typing import Any
 
 from xmppll import control, identity
 from xmppll import stanza as st
-from xmppll.errors import NoPeerError, XmpplError, at_line
+from xmppll.errors import NoPeerError, Tally, XmpplError
 from xmppll.link import local_addresses, mdns_port_taken, open_link
 from xmppll.outgoing import Rejected, Target, deliver
 from xmppll.peers import PeerView, wait_for_peer
@@ -146,33 +146,28 @@ async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Optio
     """Send each (line number, record) as it is read (stdin may be a slow pipe);
     returns how many were delivered. Stops at the first failure, saying how many went
     out before it."""
-    sent = 0
+    tally = Tally()
+    inputs = tally.read(records)
     loop = asyncio.get_running_loop()
     async with Link(options) as link:
         targets: dict[str, Target] = {}
         everyone_targets = await link.all_peers() if everyone else []
-        while True:
-            try:
-                item = await loop.run_in_executor(None, next, records, None)
-            except XmpplError as exc:
-                raise at_line(exc, 0, sent) from None
-            if item is None:
-                break
+        while item := await loop.run_in_executor(None, next, inputs, None):
             lineno, record = item
             try:
                 if everyone:
                     for target in everyone_targets:
                         await send_one(link, target, {**record, "to": target.name})
-                        sent += 1
+                        tally.sent += 1
                     continue
                 to = record["to"]
                 if to.lower() not in targets:
                     targets[to.lower()] = await link.resolve(to)
                 await send_one(link, targets[to.lower()], record)
-                sent += 1
+                tally.sent += 1
             except XmpplError as exc:
-                raise at_line(exc, lineno, sent) from None
+                raise tally.failed(exc, lineno) from None
     if everyone and not everyone_targets:
         raise NoPeerError("no peers on the link")
-    return sent
+    return tally.sent
 
