@@ -151,8 +151,17 @@ class Session:
                     fut.exception()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The header must be complete by a deadline, not merely keep bytes coming: one
+        # byte a second (slowloris) would otherwise hold a stream open forever.
+        header_by = loop.time() + self.server.header_timeout
         while True:
-            timeout = self.server.header_timeout if self.opened is None else IDLE_TIMEOUT
+            if self.opened is None:
+                timeout = header_by - loop.time()
+                if timeout <= 0:
+                    raise TimeoutError
+            else:
+                timeout = IDLE_TIMEOUT
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             if not data:
                 await self._settle()  # the peer dropped TCP after (or without) its close
