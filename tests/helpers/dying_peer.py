@@ -22,16 +22,14 @@ before storing it.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import socket
 import time
 
-import ifaddr
+from lanpeer import SERVICE_TYPE, addresses, host_label, txt_rdata
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-SERVICE_TYPE = "_presence._tcp.local."
 HEADER = (b"<?xml version='1.0' encoding='UTF-8'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 FEATURES = b"<stream:features/>"
@@ -39,20 +37,9 @@ FEATURES = b"<stream:features/>"
 OLD_HEADER = HEADER.replace(b"' version='1.0'>", b"'>")
 
 
-def addresses() -> list[str]:
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            if not ipaddress.ip_address(text).is_loopback:
-                found.append(text)
-    return found
-
-
 def txt(port: int) -> bytes:
-    strings = [b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode(), b"1st=Dying",
-               b"last=Peer"]
-    return b"".join(bytes((len(s),)) + s for s in strings)
+    return txt_rdata([b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode(),
+                      b"1st=Dying", b"last=Peer"])
 
 
 def read_header(conn: socket.socket) -> bytes:
@@ -87,11 +74,11 @@ def main() -> None:
     server.bind(("", args.port))
     server.listen()
     port = server.getsockname()[1]
-    label = socket.gethostname().split(".")[0]
     zc = Zeroconf(ip_version=IPVersion.All)
     zc.register_service(ServiceInfo(
         SERVICE_TYPE, f"{args.name}.{SERVICE_TYPE}", port=port, properties=txt(port),
-        server=f"{label}.local.", parsed_addresses=addresses()), cooperating_responders=True)
+        server=f"{host_label()}.local.", parsed_addresses=addresses()),
+        cooperating_responders=True)
     print(f"ready {port}", flush=True)
     conn, _ = server.accept()
     rest = read_header(conn)

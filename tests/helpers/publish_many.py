@@ -16,31 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
-import signal
-import socket
 
-import ifaddr
-from zeroconf import IPVersion, ServiceInfo
+from lanpeer import host_label, numbered_infos, peer_txt, register_all, until_signal
+from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncZeroconf
-
-SERVICE_TYPE = "_presence._tcp.local."
-
-
-def addresses() -> list[str]:
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            if not ipaddress.ip_address(text).is_loopback:
-                found.append(text)
-    return found
-
-
-def txt(port: int, index: int) -> bytes:
-    strings = [b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode(),
-               f"1st=Peer{index}".encode(), b"last=Many", f"msg=peer {index}".encode()]
-    return b"".join(bytes((len(s),)) + s for s in strings)
 
 
 async def main() -> None:
@@ -49,32 +28,12 @@ async def main() -> None:
     parser.add_argument("--prefix", default="peer")
     parser.add_argument("--port", type=int, default=5298)
     args = parser.parse_args()
-    label = socket.gethostname().split(".")[0]
-    server = f"{label}.local."
-    addrs = addresses()
-    width = len(str(max(args.count - 1, 0)))
     azc = AsyncZeroconf(ip_version=IPVersion.All)
-    infos = [
-        ServiceInfo(
-            SERVICE_TYPE,
-            f"{args.prefix}{i:0{width}d}@{label}.{SERVICE_TYPE}",
-            port=args.port + i,
-            properties=txt(args.port + i, i),
-            server=server,
-            parsed_addresses=addrs,
-        )
-        for i in range(args.count)
-    ]
-    tasks = await asyncio.gather(
-        *(azc.async_register_service(info, cooperating_responders=True) for info in infos)
-    )
-    await asyncio.gather(*tasks)
+    infos = numbered_infos(args.count, args.prefix, args.port, f"{host_label()}.local.",
+                           peer_txt)
+    await register_all(azc, infos)
     print(f"ready {len(infos)}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     await azc.async_unregister_all_services()
     await azc.async_close()
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import random
-import signal
 import socket
 import sys
 import time
+
+from lanpeer import SERVICE_TYPE, addresses, host_label, register_all, txt_rdata, until_signal
 
 STREAM_NS = "http://etherx.jabber.org/streams"
 CLOSE = b"</stream:stream>"
@@ -165,21 +165,8 @@ def attack(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def _addresses() -> list[str]:
-    import ifaddr
-
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            if not ipaddress.ip_address(text).is_loopback:
-                found.append(text)
-    return found
-
-
 def _txt(port: int) -> bytes:
-    strings = [b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode()]
-    return b"".join(bytes((len(s),)) + s for s in strings)
+    return txt_rdata([b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode()])
 
 
 async def publish(args: argparse.Namespace) -> None:
@@ -197,20 +184,15 @@ async def publish(args: argparse.Namespace) -> None:
         sock = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
         server = await asyncio.start_server(hang, sock=sock)
         port = sock.getsockname()[1]
-    label = socket.gethostname().split(".")[0]
     azc = AsyncZeroconf(ip_version=IPVersion.All)
-    server_name = f"{args.server or label}.local."
-    info = ServiceInfo("_presence._tcp.local.", f"{args.name}._presence._tcp.local.",
+    server_name = f"{args.server or host_label()}.local."
+    info = ServiceInfo(SERVICE_TYPE, f"{args.name}.{SERVICE_TYPE}",
                        port=port, properties=_txt(port), server=server_name,
-                       parsed_addresses=[a for a in _addresses()
+                       parsed_addresses=[a for a in addresses()
                                          if args.family in (None, 6 if ":" in a else 4)])
-    await (await azc.async_register_service(info, cooperating_responders=True))
+    await register_all(azc, [info])
     print(f"ready {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     await azc.async_unregister_all_services()
     await azc.async_close()
     if server is not None:

@@ -20,32 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
-import signal
 import socket
+from functools import partial
 
-import ifaddr
-from zeroconf import IPVersion, ServiceInfo
+from lanpeer import host_label, numbered_infos, peer_txt, register_all, until_signal
+from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncZeroconf
-
-SERVICE_TYPE = "_presence._tcp.local."
-
-
-def addresses() -> list[str]:
-    found = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            if not ipaddress.ip_address(text).is_loopback:
-                found.append(text)
-    return found
-
-
-def txt(port: int, index: int, msg_bytes: int) -> bytes:
-    msg = f"peer {index} ".ljust(msg_bytes, "x")[:250] if msg_bytes else f"peer {index}"
-    strings = [b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode(),
-               f"1st=Peer{index}".encode(), b"last=Many", f"msg={msg}".encode()]
-    return b"".join(bytes((len(s),)) + s for s in strings)
 
 
 async def main() -> None:
@@ -57,36 +37,16 @@ async def main() -> None:
     parser.add_argument("--msg-bytes", type=int, default=0)
     parser.add_argument("--port", type=int, default=20000)
     args = parser.parse_args()
-    label = socket.gethostname().split(".")[0]
-    server = f"{args.server or label}.local."
-    addrs = addresses()
-    width = len(str(max(args.count - 1, 0)))
     azc = AsyncZeroconf(ip_version=IPVersion.All)
     # The burst test is about the receiver's buffer, not ours.
     for reader in azc.zeroconf.engine.readers:
         reader.sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
-    infos = [
-        ServiceInfo(
-            SERVICE_TYPE,
-            f"{args.prefix}{i:0{width}d}@{label}.{SERVICE_TYPE}",
-            port=args.port + i,
-            properties=txt(args.port + i, i, args.msg_bytes),
-            server=server,
-            parsed_addresses=addrs,
-            host_ttl=args.host_ttl,
-        )
-        for i in range(args.count)
-    ]
-    tasks = await asyncio.gather(
-        *(azc.async_register_service(info, cooperating_responders=True) for info in infos)
-    )
-    await asyncio.gather(*tasks)
+    infos = numbered_infos(args.count, args.prefix, args.port,
+                           f"{args.server or host_label()}.local.",
+                           partial(peer_txt, msg_bytes=args.msg_bytes), host_ttl=args.host_ttl)
+    await register_all(azc, infos)
     print(f"ready {len(infos)}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     await azc.async_unregister_all_services()
     print(f"withdrawn {len(infos)}", flush=True)
     await azc.async_close()
