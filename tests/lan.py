@@ -556,3 +556,17 @@ class Lines:
         total = len(self.lines)
         skipped = f" (last {len(shown)} of {total})" if len(shown) < total else ""
         return "\n".join([f"{headline}; lines seen{skipped}:", *("  | " + s for s in shown)])
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, *,
+               interval: float = 0.05, error: type[Exception] = AssertionError) -> Any:
+    """What `check()` returns once it is true, polled every `interval` s; `error` when
+    `timeout` s pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -23,13 +23,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import lan_missing, require
-from lan import Host, Lan, Lines
+from lan import Host, Lan, Lines, wait_until
 from netimpair import HubLan, nft_dropped, nft_loss
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -85,17 +85,6 @@ def fails(done: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in done.stderr.splitlines() if line.startswith("xmppll: error: ")]
     assert len(errors) == 1, done.stderr
     return errors[0]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def established(host: Host, port: int) -> int:

@@ -27,14 +27,14 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import lan_missing, require
-from lan import Host, Lan, Lines
+from lan import Host, Lan, Lines, wait_until
 
 RAW_PEER = str(Path(__file__).parent / "helpers" / "raw_peer.py")
 PY = sys.executable
@@ -130,17 +130,6 @@ def printed(proc: Proc, token: str) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             out.append(record)
     return mine(out, token)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_printed(proc: Proc, token: str, count: int, timeout: float = 15) -> list[dict]:
