@@ -18,7 +18,14 @@ from collections.abc import Sequence
 
 GROUP4, GROUP6, PORT = "224.0.0.251", "ff02::fb", 5353
 IFNAME = "eth0"
-T_A, T_PTR, T_TXT, T_AAAA, T_SRV, T_ANY = 1, 12, 16, 28, 33, 255
+
+
+class T:
+    """Record types."""
+
+    A, PTR, TXT, AAAA, SRV, ANY = 1, 12, 16, 28, 33, 255
+
+
 CLASS_IN, FLUSH = 1, 0x8000
 HOST_TTL, OTHER_TTL = 120, 4500
 
@@ -82,16 +89,10 @@ def message(answers: list[bytes], additionals: Sequence[bytes] = (), qid: int = 
     return header + question + b"".join(answers) + b"".join(additionals)
 
 
-def address_records(host: Sequence[bytes | str], ttl: int, v4: list[str], v6: list[str]
-                    ) -> list[bytes]:
-    """A records for the `v4` addresses, then AAAA records for the `v6` ones."""
-    return ([rr(host, T_A, ttl, socket.inet_aton(a), unique=True) for a in v4]
-            + [rr(host, T_AAAA, ttl, socket.inet_pton(socket.AF_INET6, a), unique=True)
-               for a in v6])
-
-
-def srv_rdata(port: int, target: Sequence[bytes | str]) -> bytes:
-    return struct.pack("!HHH", 0, 0, port) + encode_name(target)
+def srv_rr(name: Sequence[bytes | str], ttl: int, port: int,
+           target: Sequence[bytes | str]) -> bytes:
+    rdata = struct.pack("!HHH", 0, 0, port) + encode_name(target)
+    return rr(name, T.SRV, ttl, rdata, unique=True)
 
 
 def local_addresses() -> tuple[list[str], list[str]]:
@@ -156,6 +157,17 @@ class Responder:
         local = self.v4[0] if self.v4 or not ipv4_fallback else "0.0.0.0"
         self.sock4 = socket4(local)
         self.sock6 = socket6(self.index)
+
+    def address_rrs(self, host: Sequence[bytes | str], ttl: int, v4: bool = True,
+                    v6: bool = True) -> list[bytes]:
+        """A records for this host's IPv4 addresses, then AAAA for its IPv6 ones."""
+        out = []
+        if v4:
+            out += [rr(host, T.A, ttl, socket.inet_aton(a), unique=True) for a in self.v4]
+        if v6:
+            out += [rr(host, T.AAAA, ttl, socket.inet_pton(socket.AF_INET6, a), unique=True)
+                    for a in self.v6]
+        return out
 
     def announcements(self, scale: int = 1) -> list[bytes]:
         raise NotImplementedError

@@ -33,24 +33,7 @@ import struct
 from dataclasses import dataclass
 
 import dnswire
-from dnswire import (
-    HOST_TTL,
-    OTHER_TTL,
-    PORT,
-    T_A,
-    T_AAAA,
-    T_ANY,
-    T_PTR,
-    T_SRV,
-    T_TXT,
-    Labels,
-    address_records,
-    encode_name,
-    message,
-    questions,
-    rr,
-    srv_rdata,
-)
+from dnswire import HOST_TTL, OTHER_TTL, PORT, T, encode_name, message, questions, rr, srv_rr
 
 SERVICE = (b"_presence", b"_tcp", b"local")
 SHARED_PACKET = 1400  # bytes: above this a TXT record is sent in a packet of its own
@@ -60,14 +43,14 @@ def raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def fold(labels: Labels) -> Labels:
+def fold(labels: dnswire.Labels) -> dnswire.Labels:
     return tuple(label.lower() for label in labels)
 
 
 @dataclass
 class Instance:
-    name: Labels
-    host: Labels
+    name: dnswire.Labels
+    host: dnswire.Labels
     port: int
     txt: bytes
 
@@ -95,23 +78,20 @@ class Responder(dnswire.Responder):
         super().__init__()
 
     # --- records -------------------------------------------------------------------
-    def addrs(self, host: Labels, ttl: int, v4: bool = True, v6: bool = True) -> list[bytes]:
-        return address_records(host, ttl, self.v4 if v4 else [], self.v6 if v6 else [])
-
     def srv(self, inst: Instance, ttl: int) -> bytes:
-        return rr(inst.name, T_SRV, ttl, srv_rdata(inst.port, inst.host), unique=True)
+        return srv_rr(inst.name, ttl, inst.port, inst.host)
 
     def packets(self, inst: Instance, scale: int = 1, ptr: bool = True, srv: bool = True,
                 txt: bool = True, qid: int = 0) -> list[bytes]:
         """The records of one instance as one packet, or two when its TXT is big."""
         records = []
         if ptr:
-            records.append(rr(SERVICE, T_PTR, OTHER_TTL * scale, encode_name(inst.name),
+            records.append(rr(SERVICE, T.PTR, OTHER_TTL * scale, encode_name(inst.name),
                               unique=False))
         if srv:
-            records += [self.srv(inst, HOST_TTL * scale), *self.addrs(inst.host,
-                                                                      HOST_TTL * scale)]
-        txt_rr = rr(inst.name, T_TXT, OTHER_TTL * scale, inst.txt, unique=True) if txt else b""
+            records += [self.srv(inst, HOST_TTL * scale),
+                        *self.address_rrs(inst.host, HOST_TTL * scale)]
+        txt_rr = rr(inst.name, T.TXT, OTHER_TTL * scale, inst.txt, unique=True) if txt else b""
         if not txt_rr:
             return [message(records, qid=qid)] if records else []
         if sum(map(len, records)) + len(txt_rr) <= SHARED_PACKET or not records:
@@ -140,15 +120,15 @@ class Responder(dnswire.Responder):
                 print("query", source[0], json.dumps(shown), qtype, flush=True)
             name = fold(labels)
             for inst in self.instances:
-                if name == fold(SERVICE) and qtype in (T_PTR, T_ANY):
+                if name == fold(SERVICE) and qtype in (T.PTR, T.ANY):
                     out += self.packets(inst, qid=qid)
                 elif name == fold(inst.name):
-                    out += self.packets(inst, ptr=False, srv=qtype in (T_SRV, T_ANY),
-                                        txt=qtype in (T_TXT, T_ANY), qid=qid)
-                elif name == fold(inst.host) and qtype in (T_A, T_AAAA, T_ANY):
-                    out.append(message(self.addrs(inst.host, HOST_TTL,
-                                                  v4=qtype in (T_A, T_ANY),
-                                                  v6=qtype in (T_AAAA, T_ANY)), qid=qid))
+                    out += self.packets(inst, ptr=False, srv=qtype in (T.SRV, T.ANY),
+                                        txt=qtype in (T.TXT, T.ANY), qid=qid)
+                elif name == fold(inst.host) and qtype in (T.A, T.AAAA, T.ANY):
+                    out.append(message(self.address_rrs(inst.host, HOST_TTL,
+                                                        v4=qtype in (T.A, T.ANY),
+                                                        v6=qtype in (T.AAAA, T.ANY)), qid=qid))
         for packet in dict.fromkeys(out):
             if source[1] != PORT:  # legacy unicast query (RFC 6762 §6.7): reply to it alone
                 self.send(sock, packet, source)

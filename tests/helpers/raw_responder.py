@@ -22,23 +22,7 @@ import socket
 import struct
 
 import dnswire
-from dnswire import (
-    HOST_TTL,
-    OTHER_TTL,
-    PORT,
-    T_A,
-    T_AAAA,
-    T_ANY,
-    T_PTR,
-    T_SRV,
-    T_TXT,
-    address_records,
-    encode_name,
-    message,
-    questions,
-    rr,
-    srv_rdata,
-)
+from dnswire import HOST_TTL, OTHER_TTL, PORT, T, encode_name, message, questions, rr, srv_rr
 
 SERVICE = ("_presence", "_tcp", "local")
 
@@ -62,16 +46,16 @@ class Responder(dnswire.Responder):
 
     # --- records -------------------------------------------------------------------
     def ptr(self, ttl: int) -> bytes:
-        return rr(SERVICE, T_PTR, ttl, encode_name(self.instance), unique=False)
+        return rr(SERVICE, T.PTR, ttl, encode_name(self.instance), unique=False)
 
     def srv(self, ttl: int) -> bytes:
-        return rr(self.instance, T_SRV, ttl, srv_rdata(self.port, self.host), unique=True)
+        return srv_rr(self.instance, ttl, self.port, self.host)
 
     def txt_rr(self, ttl: int) -> bytes:
-        return rr(self.instance, T_TXT, ttl, self.txt, unique=True)
+        return rr(self.instance, T.TXT, ttl, self.txt, unique=True)
 
     def addrs(self, ttl: int, v4: bool = True, v6: bool = True) -> list[bytes]:
-        return address_records(self.host, ttl, self.v4 if v4 else [], self.v6 if v6 else [])
+        return self.address_rrs(self.host, ttl, v4, v6)
 
     def everything(self, ttl_scale: int = 1) -> list[bytes]:
         host, other = HOST_TTL * ttl_scale, OTHER_TTL * ttl_scale
@@ -90,20 +74,20 @@ class Responder(dnswire.Responder):
             labels = [label.decode("utf-8", "replace") for label in raw_labels]
             print("query", json.dumps(labels, ensure_ascii=False), qtype, flush=True)
             name = tuple(label.lower() for label in labels)
-            if name == tuple(s.lower() for s in SERVICE) and qtype in (T_PTR, T_ANY):
+            if name == tuple(s.lower() for s in SERVICE) and qtype in (T.PTR, T.ANY):
                 answers.append(self.ptr(OTHER_TTL))
                 if not self.ptr_only:
                     additionals += [self.srv(HOST_TTL), self.txt_rr(OTHER_TTL),
                                     *self.addrs(HOST_TTL)]
             elif name == tuple(s.lower() for s in self.instance):
-                if qtype in (T_SRV, T_ANY):
+                if qtype in (T.SRV, T.ANY):
                     answers.append(self.srv(HOST_TTL))
                     additionals += self.addrs(HOST_TTL)
-                if qtype in (T_TXT, T_ANY):
+                if qtype in (T.TXT, T.ANY):
                     answers.append(self.txt_rr(OTHER_TTL))
             elif name == tuple(s.lower() for s in self.host):
-                answers += self.addrs(HOST_TTL, v4=qtype in (T_A, T_ANY),
-                                      v6=qtype in (T_AAAA, T_ANY))
+                answers += self.addrs(HOST_TTL, v4=qtype in (T.A, T.ANY),
+                                      v6=qtype in (T.AAAA, T.ANY))
         if not answers:
             return
         additionals = [a for a in dict.fromkeys(additionals) if a not in answers]
