@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import wait_until  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
 ZC_PEERS = str(ROOT / "tests" / "helpers" / "zc_peers.py")
@@ -86,17 +87,6 @@ def measure(host: Host, commands: list[dict[str, Any]], runs: int,
     if done.returncode:
         raise RuntimeError(f"runner on {host.name} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def cached(host: Host, prefix: str) -> int:

@@ -44,7 +44,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import StampedLines, json_test, wait_until  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
 ZC_PEERS = str(ROOT / "tests" / "helpers" / "zc_peers.py")
@@ -173,62 +173,22 @@ class Runner:
 
 # --- helpers ----------------------------------------------------------------------------
 
-class Stamped:
+class Stamped(StampedLines):
     """Lines of a stream with the monotonic time each was read; waits walk forward."""
 
     def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[tuple[float, str]] = []
         self.next = 0
-        self._cond = threading.Condition()
-        self._eof = False
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            stamp = time.monotonic()
-            with self._cond:
-                self.lines.append((stamp, line.rstrip("\n")))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+        super().__init__(stream)
 
     def wait(self, test: Callable[[str], bool], timeout: float = SEEN_TIMEOUT) -> float:
         """The stamp of the first line after the last match that passes `test`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                while self.next < len(self.lines):
-                    stamp, line = self.lines[self.next]
-                    self.next += 1
-                    if test(line):
-                        return stamp
-                left = deadline - time.monotonic()
-                if left <= 0 or self._eof:
-                    tail = [line for _, line in self.lines[-5:]]
-                    raise TimeoutError(f"no matching line in {timeout} s; last: {tail}")
-                self._cond.wait(left)
+        stamp, _, index = self.find(test, timeout, self.next)
+        self.next = index + 1
+        return stamp
 
     def wait_json(self, test: Callable[[dict[str, Any]], bool],
                   timeout: float = SEEN_TIMEOUT) -> float:
-        def ok(line: str) -> bool:
-            try:
-                return bool(test(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                return False
-
-        return self.wait(ok, timeout)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+        return self.wait(json_test(test), timeout)
 
 
 def xmppll(*args: str) -> list[str]:

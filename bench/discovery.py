@@ -17,16 +17,15 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import StampedLines, print_table  # noqa: E402
 from lan import Host, Lan  # noqa: E402
 
 PUBLISH_MANY = ROOT / "tests" / "helpers" / "publish_many.py"
@@ -46,54 +45,6 @@ while True:
     data, addr = s.recvfrom(9000)
     print(time.monotonic(), data.hex(), flush=True)
 """
-
-
-class Stamped:
-    """Lines of a stream with the monotonic time each was read."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            stamp = time.monotonic()
-            with self._cond:
-                self.lines.append((stamp, line.rstrip("\n")))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait(self, test: Callable[[str], bool], timeout: float, start: int = 0
-             ) -> tuple[float, str, int]:
-        """(stamp, line, index) of the first line from `start` on that passes `test`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = start
-            while True:
-                while i < len(self.lines):
-                    stamp, line = self.lines[i]
-                    if test(line):
-                        return stamp, line, i
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0 or self._eof:
-                    raise TimeoutError(f"no matching line in {timeout} s: {self.lines[-5:]}")
-                self._cond.wait(left)
-
-    def wait_json(self, test: Callable[[dict[str, Any]], bool], timeout: float,
-                  start: int = 0) -> tuple[float, dict[str, Any], int]:
-        def ok(line: str) -> bool:
-            try:
-                return bool(test(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                return False
-
-        stamp, line, i = self.wait(ok, timeout, start)
-        return stamp, json.loads(line), i
 
 
 @dataclass
@@ -172,7 +123,7 @@ def bench_browse(runs: int, total: int, hosts: int) -> list[Row]:
         if total < 50:
             return [row]
         agent = browser.popen([PY, "-m", "xmppll", "announce", "--json", "bench@h1"])
-        Stamped(agent.stdout).wait_json(lambda r: r["event"] == "announced", 15)
+        StampedLines(agent.stdout).find_json(lambda r: r["event"] == "announced", 15)
         argv = [PY, "-m", "xmppll", "browse", "--json"]
         deadline = time.monotonic() + 15
         while len(browser.run(argv).stdout.splitlines()) < total:
@@ -190,21 +141,22 @@ def bench_announce(runs: int) -> list[Row]:
     own = Row("announce spawn -> its own `announced` event")
     with Lan(2) as lan:
         a, b = lan
-        follower = Stamped(b.popen([PY, "-m", "xmppll", "browse", "--follow", "--json"]).stdout)
+        follower = StampedLines(
+            b.popen([PY, "-m", "xmppll", "browse", "--follow", "--json"]).stdout)
         time.sleep(0.5)  # let the follower's start-up queries pass; not a correctness wait
         for i in range(runs):
             name = f"bench{i}@h1"
             start = time.monotonic()
             agent = a.popen([PY, "-m", "xmppll", "announce", "--json", name])
-            out = Stamped(agent.stdout)
-            seen, _, _ = follower.wait_json(
+            out = StampedLines(agent.stdout)
+            seen, _, _ = follower.find_json(
                 lambda r, n=name: r["event"] == "added" and r["name"] == n, 15)
-            mine, _, _ = out.wait_json(lambda r: r["event"] == "announced", 15)
+            mine, _, _ = out.find_json(lambda r: r["event"] == "announced", 15)
             visible.times.append(seen - start)
             own.times.append(mine - start)
             agent.terminate()
             agent.wait(10)
-            follower.wait_json(lambda r, n=name: r["event"] == "removed" and r["name"] == n, 15)
+            follower.find_json(lambda r, n=name: r["event"] == "removed" and r["name"] == n, 15)
     return [visible, own]
 
 
@@ -217,11 +169,12 @@ def bench_status(runs: int) -> list[Row]:
     with Lan(2) as lan:
         a, b = lan
         agent = a.popen([PY, "-m", "xmppll", "announce", "--json", "bench@h1"])
-        Stamped(agent.stdout).wait_json(lambda r: r["event"] == "announced", 15)
-        sniffer = Stamped(a.popen([PY, "-c", SNIFF]).stdout)
-        sniffer.wait(lambda line: line == "ready", 10)
-        follower = Stamped(b.popen([PY, "-m", "xmppll", "browse", "--follow", "--json"]).stdout)
-        _, _, seen_at = follower.wait_json(
+        StampedLines(agent.stdout).find_json(lambda r: r["event"] == "announced", 15)
+        sniffer = StampedLines(a.popen([PY, "-c", SNIFF]).stdout)
+        sniffer.find(lambda line: line == "ready", 10)
+        follower = StampedLines(
+            b.popen([PY, "-m", "xmppll", "browse", "--follow", "--json"]).stdout)
+        _, _, seen_at = follower.find_json(
             lambda r: r["event"] == "added" and r["name"] == "bench@h1", 15)
         sniffed_at = len(sniffer.lines)
         for i in range(runs):
@@ -231,25 +184,15 @@ def bench_status(runs: int) -> list[Row]:
                                           "--msg", msg])
             if done.returncode:
                 raise RuntimeError(done.stderr)
-            updated, _, seen_at = follower.wait_json(
+            updated, _, seen_at = follower.find_json(
                 lambda r, m=msg: r["event"] == "updated" and r["msg"] == m, 15, seen_at)
             needle = f"msg={msg}".encode().hex()
-            _, line, sniffed_at = sniffer.wait(lambda s, n=needle: n in s, 15, sniffed_at)
+            _, line, sniffed_at = sniffer.find(lambda s, n=needle: n in s, 15, sniffed_at)
             on_wire = float(line.split()[0])
             wire.times.append(updated - on_wire)
             spawn.times.append(updated - start)
             command.times.append(elapsed)
     return [wire, spawn, command]
-
-
-def print_table(rows: list[Row]) -> None:
-    header = ["measurement", "median", "min", "max", "runs", "complete", "target", "note"]
-    table = [header, *(r.cells() for r in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for n, r in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def main() -> None:
@@ -267,7 +210,8 @@ def main() -> None:
         for row in rows:
             print(json.dumps(row.to_json()))
     else:
-        print_table(rows)
+        print_table(["measurement", "median", "min", "max", "runs", "complete", "target",
+                     "note"], rows)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import print_table  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
 RAW_PEER = str(ROOT / "tests" / "helpers" / "raw_peer.py")
@@ -172,16 +173,6 @@ def bench_flood(lan: Lan, runs: int, messages: int, streams: int, name: str) -> 
     return [rate, peak]
 
 
-def print_table(rows: list[Row]) -> None:
-    header = ["measurement", "median", "min", "max", "runs", "target", "note"]
-    table = [header, *(r.cells() for r in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for n, r in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement (>= 7)")
@@ -204,7 +195,7 @@ def main() -> None:
         load = os.getloadavg()
         print(f"# {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
               f"{load[2]:.2f} at the end")
-        print_table(rows)
+        print_table(["measurement", "median", "min", "max", "runs", "target", "note"], rows)
 
 
 if __name__ == "__main__":
