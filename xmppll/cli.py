@@ -266,12 +266,10 @@ def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
             timeout: float | None) -> None:
     if agent:
         import signal
-        import time
 
         from xmppll import control
 
-        end = time.monotonic() + timeout if timeout else None
-        if end:
+        if timeout:  # the event stream blocks in a read: end it with a timer
             signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
             signal.setitimer(signal.ITIMER_REAL, timeout)
         for event in control.stream(agent, "follow"):
