@@ -323,7 +323,8 @@ class IncomingServer:
 
     async def start(self, socks: list[socket.socket]) -> None:
         for sock in socks:
-            self._servers.append(await asyncio.start_server(self._accept, sock=sock))
+            self._servers.append(await asyncio.start_server(
+                self._accept, sock=sock, backlog=MAX_SESSIONS))  # else asyncio sets 100
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
