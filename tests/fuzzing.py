@@ -11,10 +11,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from xmppll.discovery.presence import decode_txt, peer_fields
 from xmppll.errors import XmpplError
-from xmppll.presence import decode_txt, peer_fields
-from xmppll.stanza import to_json
-from xmppll.stream import Stanza, StreamParser
+from xmppll.xmpp.stanza import to_json
+from xmppll.xmpp.stream import Stanza, StreamParser
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 SEEDS = Path(__file__).parent / "fixtures" / "libpurple"

@@ -284,7 +284,7 @@ def test_one_shot_commands_through_the_agent_stay_lean(lan: Lan) -> None:
         done = a.run([*py, *args], timeout=30)
         assert done.returncode == 0, (args, done.stderr[-2000:])
         modules = imported_modules(done.stderr)
-        assert "xmppll.control" in modules and "click" in modules, args  # parsed for real
+        assert "xmppll.agent.control" in modules and "click" in modules, args  # parsed for real
         assert heavy(modules) == set(), args
     # The same measure does see the heavy stack where it belongs: without the agent.
     done = a.run([*py, "browse", "--no-agent", "--timeout", "0.3"], timeout=30)

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from xmppll.caps import CAPS_NODE, FEATURES, IDENTITY, caps_ver
+from xmppll.xmpp.caps import CAPS_NODE, FEATURES, IDENTITY, caps_ver
 
 
 def test_caps_ver_matches_xep0115_worked_example():
@@ -35,7 +35,7 @@ def test_our_caps_cover_what_we_answer():
 
 def test_caps_stays_cheap_to_import():
     """The TXT record code imports caps in commands that must not load the XML stack."""
-    code = "import sys, xmppll.caps; print(' '.join(sys.modules))"
+    code = "import sys, xmppll.xmpp.caps; print(' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = out.stdout.split()
     assert not [m for m in loaded if m.split(".")[0] in ("xml", "pyexpat", "defusedxml")]

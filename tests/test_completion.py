@@ -22,8 +22,9 @@ import pytest
 from click.shell_completion import ShellComplete
 from lan import Lan, Lines
 
-from xmppll import completion, control
-from xmppll.cli import cli
+from xmppll.agent import control
+from xmppll.cli import completion
+from xmppll.cli.commands import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 XMPPLL = Path(sys.executable).with_name("xmppll")
@@ -38,12 +39,13 @@ PEERS = [
 @pytest.fixture(autouse=True)
 def no_browse_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process is in the machine's own network namespace: it must never browse."""
-    from xmppll import standalone
 
     def refuse(*args: Any, **kw: Any) -> None:
         raise AssertionError("completion tried to browse the real network")
 
-    monkeypatch.setattr(standalone, "browse", refuse)
+    from xmppll.discovery.mdns import oneshot
+
+    monkeypatch.setattr(oneshot, "browse", refuse)
     monkeypatch.setattr(control, "running_agents", lambda: [])
 
 
@@ -56,7 +58,7 @@ def complete(args: list[str], incomplete: str) -> list[str]:
 def test_committed_scripts_equal_a_fresh_generation(shell: str) -> None:
     path = ROOT / "completions" / completion.FILES[shell]
     assert path.read_text() == completion.source(shell), (
-        "regenerate with: python -m xmppll.completion completions/")
+        "regenerate with: python -m xmppll.cli.completion completions/")
 
 
 def test_the_scripts_are_click_shims_calling_xmppll_back() -> None:
@@ -104,7 +106,6 @@ def test_peer_names_come_from_the_agents_cache(monkeypatch: pytest.MonkeyPatch) 
 
 def test_peer_names_without_an_agent_come_from_a_short_browse(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from xmppll import standalone
 
     timeouts = []
 
@@ -112,7 +113,9 @@ def test_peer_names_without_an_agent_come_from_a_short_browse(
         timeouts.append(timeout)
         return PEERS
 
-    monkeypatch.setattr(standalone, "browse", browse)
+    from xmppll.discovery.mdns import oneshot
+
+    monkeypatch.setattr(oneshot, "browse", browse)
     assert complete(["send"], "r") == ["romeo@montague"]
     assert timeouts == [completion.BROWSE_TIMEOUT] and completion.BROWSE_TIMEOUT <= 0.3
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from lan import Lan
 
-from xmppll import config
-from xmppll.cli import cli
+from xmppll.cli import config
+from xmppll.cli.commands import cli
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:

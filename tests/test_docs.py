@@ -15,8 +15,8 @@ import click
 import pytest
 from conftest import require
 
-from xmppll import manpage
-from xmppll.cli import cli
+from xmppll.cli import manpage
+from xmppll.cli.commands import cli
 from xmppll.errors import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +31,9 @@ def _page(name: str) -> str:
 def test_committed_pages_equal_a_fresh_generation() -> None:
     fresh = manpage.pages()
     committed = {p.name for p in MAN.iterdir()}
-    assert committed == set(fresh), "regenerate with: python -m xmppll.manpage man/"
+    assert committed == set(fresh), "regenerate with: python -m xmppll.cli.manpage man/"
     for name, text in fresh.items():
-        assert _page(name) == text, f"man/{name} is stale: python -m xmppll.manpage man/"
+        assert _page(name) == text, f"man/{name} is stale: python -m xmppll.cli.manpage man/"
         assert "Sentinel" not in text and "UNSET" not in text, f"{name}: click internals"
 
 
@@ -81,13 +81,13 @@ def test_xmppll_7_documents_every_control_op_and_record_field() -> None:
     """The ops are read from agent.py's op_* methods, so a new op without a paragraph
     in xmppll(7) fails here."""
     text = _page("xmppll.7")
-    tree = ast.parse((ROOT / "xmppll" / "agent.py").read_text())
+    tree = ast.parse((ROOT / "xmppll" / "agent" / "agent.py").read_text())
     ops = {node.name[3:] for node in ast.walk(tree)
            if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("op_")}
     assert ops, "no op_* methods found in agent.py"
     for op in ops:
         assert f".TP\n\\fB{op}\\fR\n" in text, f"control op {op!r} is not in xmppll(7)"
-    from xmppll.presence import peer_fields
+    from xmppll.discovery.presence import peer_fields
 
     for key in ["name", "host", "addresses", "port", *peer_fields({})]:
         assert f".TP\n\\fB{key}\\fR\n" in text, f"peer field {key!r}"
@@ -97,7 +97,7 @@ def test_xmppll_7_documents_every_control_op_and_record_field() -> None:
 
 
 def test_config_settings_are_in_the_files_section() -> None:
-    from xmppll import config
+    from xmppll.cli import config
 
     text = _page("xmppll.1")
     for key in config.SETTINGS:
@@ -141,7 +141,7 @@ def test_help_imports_neither_zeroconf_nor_xml() -> None:
     XML stacks, nor the doc and completion generators."""
     code = (
         "import sys\n"
-        "from xmppll import cli\n"
+        "from xmppll.cli import commands as cli\n"
         "for args in (['--help'], ['send', '--help'], ['browse', '--help']):\n"
         "    try:\n"
         "        cli.cli.main(args, prog_name='xmppll', standalone_mode=False)\n"
@@ -154,5 +154,5 @@ def test_help_imports_neither_zeroconf_nor_xml() -> None:
                           check=True)
     loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
     heavy = {m for m in loaded if m.split(".")[0] in ("zeroconf", "defusedxml", "asyncio")
-             or m.startswith("xml.") or m in ("xmppll.manpage", "xmppll.completion")}
+             or m.startswith("xml.") or m in ("xmppll.cli.manpage", "xmppll.cli.completion")}
     assert not heavy, f"--help imported {sorted(heavy)}"

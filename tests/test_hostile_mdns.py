@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from lan import Host, Lan, Lines
 
-from xmppll.presence import decode_txt, peer_fields
+from xmppll.discovery.presence import decode_txt, peer_fields
 
 HELPERS = Path(__file__).parent / "helpers"
 HOSTILE = str(HELPERS / "hostile_responder.py")

@@ -51,8 +51,8 @@ from peers import (
     tcp_transcripts,
 )
 
-from xmppll.stanza import to_json
-from xmppll.stream import Stanza, StreamClose, StreamOpen, StreamParser
+from xmppll.xmpp.stanza import to_json
+from xmppll.xmpp.stream import Stanza, StreamClose, StreamOpen, StreamParser
 
 OUT = ARTIFACTS / "interop"
 LIVE_FIXTURES = Path(__file__).parent / "fixtures" / "libpurple-live"

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xmppll.errors import DataError, UsageError
-from xmppll.presence import (
+from xmppll.discovery.presence import (
     MAX_RECORD,
     MAX_STRING,
     STATUSES,
@@ -26,6 +25,7 @@ from xmppll.presence import (
     peer_fields,
     split_txt,
 )
+from xmppll.errors import DataError, UsageError
 
 CAPS = ("https://github.com/xmppll/xmppll", "sha-1", "3BmHSIR757S3gbiPT9uGOptresE=")
 RESERVED = {"txtvers", "status", "port.p2pj", "msg", "node", "hash", "ver",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from xmppll import render
+from xmppll.cli import render
 
 PEERS = [
     {"name": "juliet@capulet", "status": "away", "addresses": ["fe80::1%eth0", "10.0.0.5"],

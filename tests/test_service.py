@@ -16,7 +16,7 @@ import pytest
 from conftest import require
 from lan import Lan, Lines
 
-from xmppll.agent import sd_notify
+from xmppll.agent.agent import sd_notify
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "systemd" / "xmppll-agent@.service"

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xmppll.caps import CAPS_NODE, FEATURES, caps_ver
 from xmppll.errors import DataError
-from xmppll.stanza import (
+from xmppll.xmpp.caps import CAPS_NODE, FEATURES, caps_ver
+from xmppll.xmpp.stanza import (
     MESSAGE_TYPES,
     build_message,
     build_receipt,
@@ -21,7 +21,7 @@ from xmppll.stanza import (
     receipt_request_id,
     to_json,
 )
-from xmppll.stream import Stanza, StreamParser, header, serialize
+from xmppll.xmpp.stream import Stanza, StreamParser, header, serialize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "libpurple"
 HEADER = header(from_="romeo@forza", to="juliet@pronto")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xmppll.errors import DataError, ProtocolFailure
-from xmppll.stream import (
+from xmppll.xmpp.stream import (
     CLOSE,
     FEATURES_EMPTY,
     Stanza,

@@ -1,3 +1,3 @@
-from xmppll.cli import main
+from xmppll.cli.commands import main
 
 main()

@@ -1,6 +1,6 @@
 """Man pages written from the click definitions, so no option is undocumented or stale.
 
-    python -m xmppll.manpage man/
+    python -m xmppll.cli.manpage man/
 
 writes xmppll(1), one xmppll-COMMAND(1) per subcommand and xmppll(7) (the JSON
 records, the control socket protocol, exit codes, files and environment). The pages
@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from xmppll import __version__, config
+from xmppll import __version__
+from xmppll.cli import config
 from xmppll.errors import EXIT_CODES
 
 SOURCE = f"xmppll {__version__}"
@@ -114,7 +115,7 @@ def paragraphs(text: str) -> list[Block]:
 
 
 def commands() -> dict[str, click.Command]:
-    from xmppll.cli import cli
+    from xmppll.cli.commands import cli
 
     return dict(sorted(cli.commands.items()))
 
@@ -188,7 +189,7 @@ def synopsis(prog: str, cmd: click.Command, ctx: click.Context) -> list[str]:
 def command_context(name: str, cmd: click.Command) -> click.Context:
     """The context the command runs in, with the group's settings (-h as well as
     --help): click caches the help option per command from the first context asked."""
-    from xmppll.cli import cli
+    from xmppll.cli.commands import cli
 
     parent = click.Context(cli, info_name="xmppll", **cli.context_settings)
     return click.Context(cmd, info_name=name, parent=parent)
@@ -357,7 +358,7 @@ def env_blocks() -> list[Block]:
 
 
 def main_page() -> str:
-    from xmppll.cli import cli
+    from xmppll.cli.commands import cli
 
     cmds = commands()
     listing: list[str] = []

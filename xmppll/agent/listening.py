@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from xmppll.agent.inbox import Cursor
 from xmppll.errors import IOFailure
-from xmppll.inbox import Cursor
 
 log = logging.getLogger("xmppll")
 EXEC_CONCURRENCY = 4

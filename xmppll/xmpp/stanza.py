@@ -12,9 +12,9 @@ import secrets
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from xmppll.caps import CAPS_NODE, FEATURES, IDENTITY, caps_ver
 from xmppll.errors import DataError
-from xmppll.stream import CLIENT_NS, split_tag
+from xmppll.xmpp.caps import CAPS_NODE, FEATURES, IDENTITY, caps_ver
+from xmppll.xmpp.stream import CLIENT_NS, split_tag
 
 RECEIPTS_NS = "urn:xmpp:receipts"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"

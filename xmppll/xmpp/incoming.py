@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from xmppll import stanza as st
+from xmppll.agent.inbox import Inbox
 from xmppll.errors import IOFailure
-from xmppll.inbox import Inbox
-from xmppll.stream import (
+from xmppll.xmpp import stanza as st
+from xmppll.xmpp.stream import (
     CLOSE,
     FEATURES_EMPTY,
     HEADER_TIMEOUT,

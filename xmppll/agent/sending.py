@@ -12,14 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from xmppll import control, identity
-from xmppll import stanza as st
+from xmppll import identity
+from xmppll.agent import control
+from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
+from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
+from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+from xmppll.discovery.presence import Presence, encode_txt
 from xmppll.errors import NoPeerError, Tally, XmpplError
-from xmppll.link import local_addresses, mdns_port_taken, open_link
-from xmppll.outgoing import Rejected, Target, deliver
-from xmppll.peers import PeerView, wait_for_peer
-from xmppll.presence import Presence, encode_txt
-from xmppll.publish import Publisher, Record, choose_host
+from xmppll.xmpp import stanza as st
+from xmppll.xmpp.outgoing import Rejected, Target, deliver
 
 log = logging.getLogger("xmppll")
 RESOLVE_TIMEOUT = 1.5  # answers come in ~0.15 s; lost ones on the 2nd query at ~1.1 s
@@ -85,7 +86,7 @@ class Link:
         return Target(peer["name"], peer["addresses"], peer["port"])
 
     async def all_peers(self) -> list[Target]:
-        from xmppll.peers import browse_once
+        from xmppll.discovery.mdns.peers import browse_once
 
         peers = await browse_once(self.azc.zeroconf, timeout=3.0, exclude={self.options.me})
         return [Target(p["name"], p["addresses"], p["port"]) for p in peers]

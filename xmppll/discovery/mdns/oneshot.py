@@ -9,11 +9,12 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from xmppll import control, identity
+from xmppll import identity
+from xmppll.agent import control
+from xmppll.discovery.mdns.link import open_link
+from xmppll.discovery.mdns.peers import PeerView, browse_once
+from xmppll.discovery.mdns.publish import Record, send_goodbyes
 from xmppll.errors import NoPeerError, UnavailableError
-from xmppll.link import open_link
-from xmppll.peers import PeerView, browse_once
-from xmppll.publish import Record, send_goodbyes
 
 Event = dict[str, Any]
 

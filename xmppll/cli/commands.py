@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from xmppll import __version__, render
+from xmppll import __version__
+from xmppll.cli import render
 from xmppll.errors import UsageError, XmpplError
 
 STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
@@ -59,19 +60,19 @@ def quiet_option(func: Any) -> Any:
 
 
 def _complete_peers(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
-    from xmppll import completion
+    from xmppll.cli import completion
 
     return completion.peers(incomplete)
 
 
 def _complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
-    from xmppll import completion
+    from xmppll.cli import completion
 
     return completion.agents(incomplete)
 
 
 def _complete_interfaces(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
-    from xmppll import completion
+    from xmppll.cli import completion
 
     return completion.interfaces(incomplete)
 
@@ -79,7 +80,7 @@ def _complete_interfaces(ctx: click.Context, param: click.Parameter, incomplete:
 def _check_interfaces(interfaces: tuple[str, ...]) -> list[str] | None:
     if not interfaces:
         return None
-    from xmppll.link import local_addresses
+    from xmppll.discovery.mdns.link import local_addresses
 
     local_addresses(list(interfaces))
     return list(interfaces)
@@ -138,8 +139,8 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
       xmppll announce --msg "on call" &
       xmppll announce juliet --status away --nick JuliC"""
     from xmppll import identity
-    from xmppll.agent import DEFAULT_PORT, AgentConfig, run_agent
-    from xmppll.presence import Presence, parse_txt_option
+    from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, run_agent
+    from xmppll.discovery.presence import Presence, parse_txt_option
 
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"invalid port {port}: use 1-65535")
@@ -176,7 +177,7 @@ def _reloader(ctx: click.Context) -> Any:
     flags or environment variables keep winning, as at start)."""
     from click.core import ParameterSource
 
-    from xmppll import config
+    from xmppll.cli import config
 
     from_file = [key for key in PRESENCE_SETTINGS
                  if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT,
@@ -245,7 +246,7 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
 
 
 def _agent_or_none() -> str | None:
-    from xmppll import control
+    from xmppll.agent import control
 
     agents = control.running_agents()
     return agents[0] if agents else None
@@ -254,12 +255,12 @@ def _agent_or_none() -> str | None:
 def _list_peers(agent: str | None, ifaces: list[str] | None,
                 timeout: float) -> list[dict[str, Any]]:
     if agent:
-        from xmppll import control
+        from xmppll.agent import control
 
         return control.request(agent, "peers")["peers"]
-    from xmppll import standalone
+    from xmppll.discovery.mdns import oneshot
 
-    return standalone.browse(timeout, ifaces)
+    return oneshot.browse(timeout, ifaces)
 
 
 def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
@@ -267,7 +268,7 @@ def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
     if agent:
         import signal
 
-        from xmppll import control
+        from xmppll.agent import control
 
         if timeout:  # the event stream blocks in a read: end it with a timer
             signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
@@ -275,9 +276,9 @@ def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
         for event in control.stream(agent, "follow"):
             emit(event)
         return
-    from xmppll import standalone
+    from xmppll.discovery.mdns import oneshot
 
-    standalone.follow(emit, ifaces, timeout)
+    oneshot.follow(emit, ifaces, timeout)
 
 
 @cli.command()
@@ -298,7 +299,7 @@ def status(status: str | None, msg: str | None, name: str | None,
       xmppll status
       xmppll status away --msg "lunch"
       xmppll status avail --msg ''"""
-    from xmppll import control
+    from xmppll.agent import control
 
     _check_interfaces(interfaces)
     if name is None and status is None and msg is None:
@@ -342,14 +343,15 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
     Examples:
       xmppll withdraw
       xmppll withdraw --stale   # after the agent was killed with -9"""
-    from xmppll import control, identity
+    from xmppll import identity
+    from xmppll.agent import control
 
     ifaces = _check_interfaces(interfaces)
     if stale:
-        from xmppll import standalone
+        from xmppll.discovery.mdns import oneshot
 
         target = identity.check_instance_name(name or identity.default_name())
-        record = standalone.withdraw_stale(target, ifaces)
+        record = oneshot.withdraw_stale(target, ifaces)
         result = {"event": "withdrawn", "name": record.name, "stale": True}
     else:
         result = {"event": "withdrawn", **_withdraw_agent(control.find_agent(name))}
@@ -366,7 +368,8 @@ def _withdraw_agent(name: str) -> dict[str, Any]:
     returns, the goodbyes have been sent."""
     import time
 
-    from xmppll import control, identity
+    from xmppll import identity
+    from xmppll.agent import control
 
     reply = control.request(name, "withdraw")
     path = identity.socket_path(name)
@@ -472,7 +475,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
             return
         import asyncio
 
-        from xmppll import sending
+        from xmppll.agent import sending
 
         options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
                                   interfaces=ifaces)
@@ -482,7 +485,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
 def _sending_agent(from_: str | None) -> str | None:
     """The running agent that sends for us: the one named --from, else the only or
     default one; None sends standalone."""
-    from xmppll import control
+    from xmppll.agent import control
 
     agents = control.running_agents()
     if from_ is not None:
@@ -496,7 +499,7 @@ def _sending_agent(from_: str | None) -> str | None:
 def _send_via_agent(agent: str, records: Any, *, everyone: bool, timeout: float,
                     wait: float, receipt: bool) -> None:
     """One control request per message; the agent answers when the peer took it."""
-    from xmppll import control
+    from xmppll.agent import control
     from xmppll.errors import NoPeerError, Tally
 
     names = [p["name"] for p in control.request(agent, "peers")["peers"]] if everyone else []
@@ -587,8 +590,9 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
     import signal
     from pathlib import Path
 
-    from xmppll import identity, listening
-    from xmppll.inbox import Cursor
+    from xmppll import identity
+    from xmppll.agent import listening
+    from xmppll.agent.inbox import Cursor
 
     _setup_logging(verbose)
     emit_json = render.wants_json(as_json)
@@ -613,7 +617,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     try:
         after = cursor.get() if backlog else None
-        from xmppll import control
+        from xmppll.agent import control
 
         records = control.stream(agent, "inbox", **({"after": after} if after is not None
                                                       else {}))
@@ -634,7 +638,7 @@ def _interrupt(*_: object) -> None:
 
 def _running(name: str | None) -> str | None:
     """The agent to follow, or None when none runs (several, unnamed: a usage error)."""
-    from xmppll import control
+    from xmppll.agent import control
     from xmppll.errors import UnavailableError
 
     try:
@@ -646,8 +650,8 @@ def _running(name: str | None) -> str | None:
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
                  ifaces: list[str] | None, quiet: bool = False) -> tuple[Any, str]:
     from xmppll import identity
-    from xmppll.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
-    from xmppll.presence import Presence
+    from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
+    from xmppll.discovery.presence import Presence
 
     config = AgentConfig(
         name=identity.check_instance_name(name or identity.default_name()),
@@ -674,7 +678,8 @@ def show_config(as_json: bool | None) -> None:
     XMPPLL_<SETTING> in the environment overrides it."""
     import os
 
-    from xmppll import config, identity
+    from xmppll import identity
+    from xmppll.cli import config
 
     settings = config.load()
     path = str(config.config_path())
@@ -703,7 +708,7 @@ def main() -> None:
     if COMPLETE_VAR in os.environ:
         _complete()
     try:
-        from xmppll import config
+        from xmppll.cli import config
 
         cli.main(standalone_mode=False, prog_name="xmppll",
                  default_map=config.default_map(config.load()))
@@ -729,7 +734,7 @@ COMPLETE_VAR = "_XMPPLL_COMPLETE"
 def _complete() -> None:
     """Shell completion (the shell runs us with _XMPPLL_COMPLETE set): never an error
     on the terminal while someone types, and out at once, leaving no thread behind."""
-    from xmppll import completion
+    from xmppll.cli import completion
 
     completion.register()
     code = 0

@@ -1,7 +1,7 @@
 """Shell completion: click's machinery, plus what it cannot know (who is on the link).
 
 The shell runs `xmppll` with `_XMPPLL_COMPLETE=<shell>_complete` at each TAB; the
-completions/ scripts are click's own shims, written by `python -m xmppll.completion DIR`.
+completions/ scripts are click's own shims, written by `python -m xmppll.cli.completion DIR`.
 Peer names come from the running agent's cache (one socket round trip) or, when none
 runs, from a browse bounded to BROWSE_TIMEOUT; either way the answer is given within
 HARD_CAP, and any failure means no suggestions, never a message on the terminal.
@@ -106,7 +106,7 @@ def register() -> None:
 
 def source(shell: str) -> str:
     """The completion script for `shell`, as committed under completions/."""
-    from xmppll.cli import cli
+    from xmppll.cli.commands import cli
 
     register()
     from click.shell_completion import get_completion_class
@@ -133,7 +133,7 @@ def _bounded(work: Any, cap: float) -> list[dict[str, Any]]:
 def _online_peers() -> list[dict[str, Any]]:
     import logging
 
-    from xmppll import control
+    from xmppll.agent import control
 
     logging.getLogger("zeroconf").setLevel(logging.CRITICAL)
     for agent in control.running_agents():
@@ -141,9 +141,9 @@ def _online_peers() -> list[dict[str, Any]]:
             return control.request(agent, "peers", timeout=HARD_CAP / 2)["peers"]
         except Exception:  # a stuck or old agent: ask the link itself
             break
-    from xmppll import standalone
+    from xmppll.discovery.mdns import oneshot
 
-    return standalone.browse(BROWSE_TIMEOUT)
+    return oneshot.browse(BROWSE_TIMEOUT)
 
 
 def _describe(peer: dict[str, Any]) -> str:
@@ -163,7 +163,7 @@ def peers(incomplete: str, *, cap: float = HARD_CAP) -> list[CompletionItem]:
 def agents(incomplete: str) -> list[CompletionItem]:
     """This user's running agents (for --from, --name, withdraw and listen)."""
     def work() -> list[dict[str, Any]]:
-        from xmppll import control
+        from xmppll.agent import control
 
         return [{"name": n} for n in control.running_agents()]
 

@@ -26,7 +26,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser
 
-from xmppll.link import (
+from xmppll.discovery.mdns.link import (
     CLASS_IN,
     CLASS_UNIQUE,
     SERVICE_TYPE,
@@ -38,7 +38,7 @@ from xmppll.link import (
     format_address,
     query_single_label,
 )
-from xmppll.presence import decode_txt, peer_fields
+from xmppll.discovery.presence import decode_txt, peer_fields
 
 _SUFFIX = "." + SERVICE_TYPE
 REFRESH_AT = 0.75  # re-query a peer's SRV/addresses at 75 % of their TTL (RFC 6762 §5.2)

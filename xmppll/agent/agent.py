@@ -19,22 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from xmppll import caps, identity
-from xmppll import stanza as st
-from xmppll.control_server import ControlServer, reply
+from xmppll import identity
+from xmppll.agent.control_server import ControlServer, reply
+from xmppll.agent.inbox import Inbox, read_after
+from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
+from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
+from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+from xmppll.discovery.presence import Presence, check_status, encode_txt
 from xmppll.errors import (
     DataError,
     NoPeerError,
     UnavailableError,
     XmpplError,
 )
-from xmppll.inbox import Inbox, read_after
-from xmppll.incoming import IncomingServer, bind_port, normalize, same_address
-from xmppll.link import local_addresses, mdns_port_taken, open_link
-from xmppll.outgoing import ConnectFailed, StreamPool, Target
-from xmppll.peers import PeerView, wait_for_peer
-from xmppll.presence import Presence, check_status, encode_txt
-from xmppll.publish import Publisher, Record, choose_host
+from xmppll.xmpp import caps
+from xmppll.xmpp import stanza as st
+from xmppll.xmpp.incoming import IncomingServer, bind_port, normalize, same_address
+from xmppll.xmpp.outgoing import ConnectFailed, StreamPool, Target
 
 DEFAULT_PORT = 5298
 log = logging.getLogger("xmppll")

@@ -17,14 +17,14 @@ import termios
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from xmppll import stanza as st
 from xmppll.errors import (
     ProtocolFailure,
     TimeoutFailure,
     UnavailableError,
     XmpplError,
 )
-from xmppll.stream import (
+from xmppll.xmpp import stanza as st
+from xmppll.xmpp.stream import (
     CLOSE,
     STREAM_NS,
     Stanza,

@@ -16,7 +16,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from xmppll import control, identity
+from xmppll import identity
+from xmppll.agent import control
 from xmppll.errors import UnavailableError, XmpplError
 
 # One request line: a `send` carries a whole message, and a body the peer's 1 MiB stanza

@@ -29,8 +29,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncZeroconf
 
-from xmppll.errors import UnavailableError
-from xmppll.link import (
+from xmppll.discovery.mdns.link import (
     CLASS_IN,
     CLASS_UNIQUE,
     SERVICE_TYPE,
@@ -40,6 +39,7 @@ from xmppll.link import (
     TYPE_SRV,
     LocalAddress,
 )
+from xmppll.errors import UnavailableError
 
 PROBE_INTERVAL = 0.25
 log = logging.getLogger("xmppll")
