@@ -1,0 +1,133 @@
+"""The link-local Directory: mDNS/DNS-SD on this host's interfaces.
+
+It owns the zeroconf instance, the live peer view and our publication, and the
+`published.json` that lets `withdraw --stale` say goodbye for a crashed agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from xmppll import identity
+from xmppll.discovery.directory import OnEvent, Peer, Published
+from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
+from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
+from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+
+REFRESH_INTERVAL = 10.0  # s between checks of which peers' records are due a re-query
+PUBLISHED_FILE = "published.json"
+
+
+def _peer(data: dict[str, Any] | None) -> Peer | None:
+    return Peer.from_json(data) if data is not None else None
+
+
+class MdnsDirectory:
+    """Peers on the local link, and our record there."""
+
+    def __init__(self, *, interfaces: list[str] | None, state: Path | None = None,
+                 on_peer: OnEvent | None = None, on_event: OnEvent | None = None,
+                 exclude: set[str] | None = None) -> None:
+        self.interfaces = interfaces or None
+        self.state = state
+        self.on_peer = on_peer
+        self.on_event = on_event or (lambda event: None)
+        self.exclude = set(exclude or ())
+        self.azc: Any = None
+        self.view: PeerView | None = None
+        self.publisher: Publisher | None = None
+        self._shared = False
+        self._refresher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._shared = mdns_port_taken()
+        self.azc = await open_link(self.interfaces)
+        self.view = PeerView(self.azc.zeroconf, on_event=self.on_peer, exclude=self.exclude)
+        await self.view.start()
+        self._refresher = asyncio.ensure_future(self._refresh_loop())
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.view is not None:
+            await self.view.stop()
+        if self.azc is not None:
+            await self.azc.async_close()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            assert self.view is not None
+            self.view.refresh()
+
+    def peers(self) -> list[Peer]:
+        return [Peer.from_json(p) for p in self.view.peers.values()] if self.view else []
+
+    def find(self, name: str) -> Peer | None:
+        return _peer(self.view.find(name)) if self.view else None
+
+    async def resolve(self, name: str, wait: float) -> Peer | None:
+        assert self.view is not None
+        return _peer(await wait_for_peer(self.view, name, wait))
+
+    def stale(self, name: str) -> None:
+        if self.view is not None:
+            self.view.ask(name)
+
+    @property
+    def record(self) -> Record | None:
+        return self.publisher.record if self.publisher else None
+
+    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool) -> Published:
+        """Probe, rename while taken, register. The host name is checked during the
+        probe, not before it: visible sooner."""
+        label = identity.host_label()
+        mine = local_addresses(self.interfaces)
+        host = asyncio.ensure_future(
+            choose_host(self.azc.zeroconf, label, mine, shared=self._shared))
+        self.publisher = Publisher(self.azc, rename=rename, on_event=self._on_publish)
+        record = await self.publisher.publish(Record(name, f"{label}.local.", port, txt, []),
+                                              host)
+        self._published(record)
+        return Published(record.name, record.server.rstrip("."), record.port,
+                         record.addresses)
+
+    def _published(self, record: Record) -> None:
+        assert self.view is not None
+        self.view.exclude_name(record.name)
+        self._save(record)
+
+    def _on_publish(self, event: dict[str, Any]) -> None:
+        if event["event"] == "renamed" and self.record is not None:
+            self._published(self.record)
+        self.on_event(event)
+
+    async def update(self, txt: bytes) -> None:
+        if self.publisher is not None and self.publisher.record is not None:
+            await self.publisher.update_txt(txt)
+
+    async def withdraw(self) -> None:
+        if self.publisher is not None and self.publisher.record is not None:
+            await self.publisher.withdraw()
+            if self.state is not None:
+                (self.state / PUBLISHED_FILE).unlink(missing_ok=True)
+
+    def _save(self, record: Record) -> None:
+        """Kept so that `withdraw --stale` can say goodbye for us after a crash."""
+        if self.state is None:
+            return
+        path = self.state / PUBLISHED_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**record.to_json(), "pid": os.getpid()}))
+        tmp.replace(path)
+
+
+def published_record(state: Path) -> Record:
+    """What a (dead) agent published, for `withdraw --stale`."""
+    return Record.from_json(json.loads((state / PUBLISHED_FILE).read_text()))
+
+
