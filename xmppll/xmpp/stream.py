@@ -1,21 +1,24 @@
 """The XML stream of XEP-0174: an incremental reader that turns TCP bytes into stream
 events, and the writer for our side of the stream.
 
-The reader drives expat directly, not a DOM or SAX layer, because a stream never ends
-while a conversation lasts: each top-level child must come out the moment its end tag
-arrives, and must then be forgotten. Peers on the link are unauthenticated, so the reader
-refuses what defusedxml refuses (DTDs, entity declarations, external references) and
-bounds what one stanza and its nesting may cost before anything is buffered in full.
+The reader feeds defusedxml's expat-based parser with a target of ours, not a DOM or SAX
+layer, because a stream never ends while a conversation lasts: each top-level child must
+come out the moment its end tag arrives, and must then be forgotten. Peers on the link
+are unauthenticated, so defusedxml refuses DTDs, entity declarations and external
+references, the target refuses processing instructions, and the reader bounds what one
+stanza and its nesting may cost before anything is buffered in full.
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 from xml.parsers import expat
+
+from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+from defusedxml.ElementTree import DefusedXMLParser
 
 from xmppll.errors import DataError, ProtocolFailure
 
@@ -92,27 +95,14 @@ class StreamClose:
 Event = StreamOpen | Stanza | StreamClose
 
 
-def _refuse(reason: str) -> Callable[..., NoReturn]:
-    def handler(*_args: object) -> NoReturn:
-        raise StreamError(reason)
-
-    return handler
-
-
-# The DTD refusal alone stops every entity attack, since declarations and external
-# references can only come from a DTD; the others keep the defence from hinging on it.
-_REFUSALS = {
-    "StartDoctypeDeclHandler": "DTD not allowed",
-    "EntityDeclHandler": "entity declarations not allowed",
-    "UnparsedEntityDeclHandler": "entity declarations not allowed",
-    "ExternalEntityRefHandler": "external entities not allowed",
-    "ProcessingInstructionHandler": "processing instruction not allowed",
+# What defusedxml raises, as our short reasons. The DTD refusal alone stops every entity
+# attack, since declarations and external references can only come from a DTD; the
+# others keep the defence from hinging on it.
+_REFUSALS: dict[type[Exception], str] = {
+    DTDForbidden: "DTD not allowed",
+    EntitiesForbidden: "entity declarations not allowed",
+    ExternalReferenceForbidden: "external entities not allowed",
 }
-
-
-def _clark(name: str) -> str:
-    """expat reports `uri}local`; ElementTree wants `{uri}local`."""
-    return "{" + name if "}" in name else name
 
 
 def split_tag(tag: str) -> tuple[str | None, str]:
@@ -134,57 +124,54 @@ class StreamParser:
     def __init__(
         self, *, max_stanza_bytes: int = MAX_STANZA_BYTES, max_depth: int = MAX_DEPTH
     ) -> None:
-        self._max_stanza_bytes = max_stanza_bytes
-        self._max_depth = max_depth
-        self._parser = self._make_expat()
-        self._events: list[Event] = []
-        self._builder: ET.TreeBuilder | None = None
-        self._depth = 0
-        self._default_ns: str | None = None
-        self._started = False
-        self._error: StreamError | None = None
-        self._fed = 0
-        # Byte index where the current stanza, or the last stream-level item, began:
-        # everything fed past it is held by expat or the tree builder, hence the limit.
-        self._mark = 0
-
-    def _make_expat(self) -> expat.XMLParserType:
+        self._target = _Target(max_stanza_bytes, max_depth)
         # The encoding argument overrides any declared encoding: XMPP is UTF-8 only.
-        parser = expat.ParserCreate(encoding="UTF-8", namespace_separator="}")
-        for handler, reason in _REFUSALS.items():
-            setattr(parser, handler, _refuse(reason))
-        parser.StartNamespaceDeclHandler = self._on_namespace
-        parser.StartElementHandler = self._on_start
-        parser.EndElementHandler = self._on_end
-        parser.CharacterDataHandler = self._on_text
+        self._xml = DefusedXMLParser(
+            target=self._target,
+            encoding="UTF-8",
+            forbid_dtd=True,
+            forbid_entities=True,
+            forbid_external=True,
+        )
+        expat_parser = self._xml.parser
+        self._target.expat = expat_parser
+        # ElementTree buffers text until the next event or the end of a feed, when
+        # CurrentByteIndex no longer points at the text; a whitespace keepalive must be
+        # placed where it is to move the stanza mark past it.
+        expat_parser.buffer_text = False
         # expat >= 2.6 may hold back a finished token until more bytes arrive; on a
         # conversation that would leave the last message undelivered.
-        if hasattr(parser, "SetReparseDeferralEnabled"):
-            parser.SetReparseDeferralEnabled(False)
-        return parser
+        if hasattr(expat_parser, "SetReparseDeferralEnabled"):
+            expat_parser.SetReparseDeferralEnabled(False)
+        self._error: StreamError | None = None
+        self._started = False
+        self._fed = 0
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse the next bytes of the stream; return the events they completed."""
         if self._error is not None:
             raise self._error
+        target = self._target
         try:
             self._check_start(data)
             for start in range(0, len(data), _SLICE):
                 piece = data[start : start + _SLICE]
-                self._parser.Parse(piece, False)
+                self._xml.feed(piece)
                 self._fed += len(piece)
-                self._check_size(self._fed)
-        except expat.ExpatError as exc:
-            self._fail(_not_well_formed(exc))
+                target.check_size(self._fed)
+        except ET.ParseError as exc:
+            self._fail(_not_well_formed(exc), exc)
+        except (DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden) as exc:
+            self._fail(StreamError(_REFUSALS[type(exc)]), exc)
         except StreamError as exc:
             self._fail(exc)
-        events, self._events = self._events, []
+        events, target.events = target.events, []
         return events
 
-    def _fail(self, error: StreamError) -> NoReturn:
-        error.events, self._events = self._events, []
+    def _fail(self, error: StreamError, cause: Exception | None = None) -> NoReturn:
+        error.events, self._target.events = self._target.events, []
         self._error = error
-        raise error from None
+        raise error from cause
 
     def _check_start(self, data: bytes) -> None:
         """expat calls leading text an "invalid token"; a peer that speaks HTTP or TLS
@@ -197,26 +184,43 @@ class StreamParser:
             if head[:1] not in (b"<", b"\xef"):  # \xef: a UTF-8 byte order mark
                 raise StreamError("text before stream header")
 
-    def _check_size(self, end: int) -> None:
+
+class _Target:
+    """The parser target: ElementTree's XMLParser calls it with `{ns}local` names.
+    It opens the stream, builds each top-level child in a TreeBuilder of its own and
+    hands it over whole, and enforces the per-stanza limits as it goes."""
+
+    def __init__(self, max_stanza_bytes: int, max_depth: int) -> None:
+        self._max_stanza_bytes = max_stanza_bytes
+        self._max_depth = max_depth
+        self.expat: expat.XMLParserType | None = None  # set once the parser exists
+        self.events: list[Event] = []
+        self._builder: ET.TreeBuilder | None = None
+        self._depth = 0
+        self._default_ns: str | None = None
+        # Byte index where the current stanza, or the last stream-level item, began:
+        # everything fed past it is held by expat or the tree builder, hence the limit.
+        self._mark = 0
+
+    def check_size(self, end: int) -> None:
         if end - self._mark > self._max_stanza_bytes:
             raise StreamError("stanza too large" if self._depth else "stream header too large")
 
-    def _on_namespace(self, prefix: str | None, uri: str) -> None:
-        if self._depth == 0 and prefix is None:
-            self._default_ns = uri
+    def start_ns(self, prefix: str, uri: str) -> None:
+        if self._depth == 0 and not prefix:
+            self._default_ns = uri or None
 
-    def _on_start(self, name: str, attrs: dict[str, str]) -> None:
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
         self._depth += 1
         if self._depth > self._max_depth:
             raise StreamError("too deeply nested")
-        tag = _clark(name)
         if self._depth == 1:
             self._open(tag, attrs)
             return
         if self._depth == 2:
-            self._mark = self._parser.CurrentByteIndex
+            self._mark = self.expat.CurrentByteIndex
             self._builder = ET.TreeBuilder()
-        self._builder.start(tag, {_clark(key): value for key, value in attrs.items()})
+        self._builder.start(tag, attrs)
 
     def _open(self, tag: str, attrs: dict[str, str]) -> None:
         ns, local = split_tag(tag)
@@ -225,42 +229,47 @@ class StreamParser:
         if ns != STREAM_NS:
             raise StreamError(f"not an XMPP stream: root element is {tag}")
         plain = {_header_attr_name(key): value for key, value in attrs.items()}
-        self._events.append(StreamOpen(plain, self._default_ns))
+        self.events.append(StreamOpen(plain, self._default_ns))
 
-    def _on_end(self, name: str) -> None:
+    def end(self, tag: str) -> None:
         self._depth -= 1
         if self._depth == 0:
-            self._events.append(StreamClose())
+            self.events.append(StreamClose())
             return
-        self._builder.end(_clark(name))
+        self._builder.end(tag)
         if self._depth == 1:
-            self._check_size(self._parser.CurrentByteIndex)
-            self._mark = self._parser.CurrentByteIndex
+            self.check_size(self.expat.CurrentByteIndex)
+            self._mark = self.expat.CurrentByteIndex
             element = self._builder.close()
             self._builder = None
-            self._events.append(Stanza(element, serialize(element)))
+            self.events.append(Stanza(element, serialize(element)))
 
-    def _on_text(self, data: str) -> None:
+    def data(self, text: str) -> None:
         if self._depth >= 2:
-            self._builder.data(data)
-        elif data.strip(_XML_SPACE):
+            self._builder.data(text)
+        elif text.strip(_XML_SPACE):
             raise StreamError("text outside stanzas")
         else:
-            self._mark = self._parser.CurrentByteIndex
+            self._mark = self.expat.CurrentByteIndex
+
+    def pi(self, _target: str, _data: str) -> NoReturn:
+        raise StreamError("processing instruction not allowed")
+
+    # No comment(): XMLParser then leaves comments to its default handler, which
+    # drops them, as XMPP expects of a reader.
 
 
 def _header_attr_name(key: str) -> str:
-    ns, _, local = key.rpartition("}")
-    if not ns:
+    ns, local = split_tag(key)
+    if ns is None:
         return local
-    return f"xml:{local}" if ns == XML_NS else _clark(key)
+    return f"xml:{local}" if ns == XML_NS else key
 
 
-def _not_well_formed(exc: expat.ExpatError) -> StreamError:
+def _not_well_formed(exc: ET.ParseError) -> StreamError:
     text = expat.errors.messages[exc.code]
-    return StreamError(
-        f"invalid UTF-8 / not well-formed XML: {text} (line {exc.lineno} col {exc.offset})"
-    )
+    line, col = exc.position
+    return StreamError(f"invalid UTF-8 / not well-formed XML: {text} (line {line} col {col})")
 
 
 def header(
