@@ -4,6 +4,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from defusedxml import DTDForbidden, EntitiesForbidden
+from defusedxml.ElementTree import DefusedXMLParser
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -281,6 +283,27 @@ def test_hostile_input_fails_the_same_under_every_split(case):
     assert whole[1] is not None
     for offset in range(len(data) + 1):
         assert outcome([data[:offset], data[offset:]]) == whole
+
+
+def test_defusedxml_is_the_parser():
+    assert isinstance(StreamParser()._xml, DefusedXMLParser)
+
+
+def test_defusedxml_refusal_surfaces_as_stream_error():
+    with pytest.raises(StreamError) as caught:
+        feed_all([as_bytes(HOSTILE["external DTD"][0])])
+    assert caught.value.reason == "DTD not allowed"
+    assert isinstance(caught.value.__cause__, DTDForbidden)
+
+
+def test_entity_refusal_holds_without_the_dtd_refusal():
+    """The second line of defence is defusedxml's too, and maps to its own reason."""
+    parser = StreamParser()
+    parser._xml.parser.StartDoctypeDeclHandler = None
+    with pytest.raises(StreamError) as caught:
+        parser.feed(b"<!DOCTYPE s [<!ENTITY a 'b'>]>" + STREAM_START.split("\n")[1].encode())
+    assert caught.value.reason == "entity declarations not allowed"
+    assert isinstance(caught.value.__cause__, EntitiesForbidden)
 
 
 def test_stanzas_before_the_failure_are_kept():
