@@ -22,26 +22,22 @@ from typing import Any
 from xmppll import identity
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.inbox import Inbox, read_after
-from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
-from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
-from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+from xmppll.agent.store import InboxStore, message_key
+from xmppll.discovery.directory import Directories, Peer
+from xmppll.discovery.mdns.directory import MdnsDirectory
 from xmppll.discovery.presence import Presence, check_status, encode_txt
-from xmppll.errors import (
-    DataError,
-    NoPeerError,
-    UnavailableError,
-    XmpplError,
-)
+from xmppll.errors import DataError, UnavailableError, XmpplError
 from xmppll.xmpp import caps
-from xmppll.xmpp import stanza as st
-from xmppll.xmpp.incoming import IncomingServer, bind_port, normalize, same_address
-from xmppll.xmpp.outgoing import ConnectFailed, StreamPool, Target
+from xmppll.xmpp.delivery import Delivery, Hooks, PeerInfo
+from xmppll.xmpp.disco import Disco
+from xmppll.xmpp.dispatch import Dispatcher
+from xmppll.xmpp.hub import Hub, bind_port
+from xmppll.xmpp.receipts import Receipts
 
 DEFAULT_PORT = 5298
 log = logging.getLogger("xmppll")
-REFRESH_INTERVAL = 10.0
 FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
-LOOKUP_WAIT = 0.5  # how long a stream waits to resolve a sender it does not know yet
+DEFAULT_SEND_TIMEOUT = 10.0
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -61,8 +57,15 @@ def caps_tuple() -> tuple[str, str, str]:
     return (caps.CAPS_NODE, "sha-1", caps.caps_ver())
 
 
+def peer_info(peer: Peer | None) -> PeerInfo | None:
+    return None if peer is None else PeerInfo(peer.name, peer.addresses, peer.port, peer.caps)
+
+
 class Agent:
-    """Runs until withdrawn or signalled; `emit` gets the agent's own events."""
+    """Runs until withdrawn or signalled; `emit` gets the agent's own events.
+
+    The composition root: discovery (the Directories) and messaging (the Hub of
+    connections, the dispatch and its handlers, delivery) meet only here."""
 
     def __init__(self, config: AgentConfig, emit: Emit) -> None:
         self.config = config
@@ -71,20 +74,23 @@ class Agent:
         self.state = identity.state_dir(config.name)
         self.stop_event = asyncio.Event()
         self.subscribers: dict[asyncio.Queue, asyncio.StreamWriter] = {}
-        self.publisher: Publisher | None = None
-        self.view: PeerView | None = None
+        self.mdns = MdnsDirectory(interfaces=config.interfaces, state=self.state,
+                                  on_peer=self._on_peer, on_event=self._on_publish,
+                                  exclude={config.name})
+        self.directory = Directories([self.mdns])
         self.listeners: list[socket.socket] = []
         self.inbox: Inbox | None = None
-        self.pool = StreamPool()
-        self.incoming: IncomingServer | None = None
+        self.store: InboxStore | None = None
+        self.hub: Hub | None = None
+        self.delivery: Delivery | None = None
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
         self.control = ControlServer(self)
 
     @property
     def name(self) -> str:
-        rec = self.publisher.record if self.publisher else None
-        return rec.name if rec else self.config.name
+        record = self.mdns.record
+        return record.name if record else self.config.name
 
     def txt(self) -> bytes:
         return encode_txt(self.presence, caps_tuple())
@@ -92,75 +98,61 @@ class Agent:
     async def run(self) -> None:
         self._take_lock()
         self.txt()  # refuse an unpublishable record before touching the network
-        shared = mdns_port_taken()
         self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
-        mine = local_addresses(self.config.interfaces or None)
-        azc = await open_link(self.config.interfaces or None)
+        await self.directory.start()
         try:
             # Before anything is published: a SIGTERM that arrives after the records
             # are out (a script stopping us right after `announced`) must still run
             # the goodbyes, not kill the process with the records left behind.
             self._install_signals()
-            self.view = PeerView(azc.zeroconf, on_event=self._on_peer,
-                                 exclude={self.config.name})
-            await self.view.start()
             self.inbox = Inbox(self.state)
-            self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
-                                           lookup=self._lookup, owners=self._owners,
-                                           owned_by=self._addresses_of,
-                                           verify=self.config.verify,
-                                           on_receipt=self.pool.acknowledge)
-            await self.incoming.start(self.listeners)
+            self.store = InboxStore(self.inbox)
+            self._messaging(self.store)
+            assert self.hub is not None
+            await self.hub.serve(self.listeners)
             if self.config.publish:
-                await self._publish(azc, mine, shared)
+                await self._publish()
             else:
                 await self.control.start(self.config.name)
                 self.emit({"event": "listening", "name": self.config.name,
-                           "port": self.presence.port, "addresses": [a.address for a in mine]})
+                           "port": self.presence.port, "addresses": self._local_addresses()})
                 sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
-            refresher = asyncio.ensure_future(self._refresh_loop())
             self.ready.set()
             await self.stop_event.wait()
-            refresher.cancel()
         finally:
-            await self._shutdown(azc)
+            await self._shutdown()
 
-    async def _publish(self, azc: Any, mine: list, shared: bool) -> None:
-        label = identity.host_label()
-        host = asyncio.ensure_future(choose_host(azc.zeroconf, label, mine, shared=shared))
-        self.publisher = Publisher(azc, rename=self.config.rename, on_event=self._on_publish)
-        record = await self.publisher.publish(
-            Record(self.config.name, f"{label}.local.", self.presence.port, self.txt(), []),
-            host,
-        )
-        assert self.view is not None
-        self.view.exclude_name(record.name)
-        await self.control.start(record.name)
-        self._save_record(record)
-        self.emit({"event": "announced", "name": record.name,
-                   "host": record.server.rstrip("."), "addresses": record.addresses,
-                   "port": record.port, **self._presence_json()})
-        sd_notify(f"READY=1\nSTATUS=announced {record.name} on port {record.port}")
+    def _messaging(self, store: InboxStore) -> None:
+        me = lambda: self.name  # noqa: E731 (the name changes when we are renamed)
+        dispatcher = Dispatcher(store, me)
+        receipts = Receipts(dispatcher)
+        disco = Disco(dispatcher)
+        self.hub = Hub(me=me, peers=self.directory, dispatcher=dispatcher,
+                       verify=self.config.verify)
+        self.delivery = Delivery(self.hub, receipts, disco, Hooks(
+            resolve=self._resolve, stale=self.directory.stale, sources=self._sources))
 
-    async def _lookup(self, name: str, wait: bool) -> list[str] | None:
-        """The addresses `name` advertises, asking the link when it is not cached yet
-        (a sender that published itself a moment ago)."""
-        assert self.view is not None
-        peer = await wait_for_peer(self.view, name, LOOKUP_WAIT if wait else 0)
-        return peer["addresses"] if peer else None
+    async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
+        return peer_info(await self.directory.resolve(name, wait))
 
-    def _addresses_of(self, name: str) -> list[str]:
-        assert self.view is not None
-        peer = self.view.find(name)
-        return peer["addresses"] if peer else []
+    def _sources(self) -> list[str] | None:
+        record = self.mdns.record
+        return record.addresses if record and record.addresses else None
 
-    def _owners(self, address: str, scope: str | None) -> list[str]:
-        assert self.view is not None
-        return [
-            peer["name"] for peer in self.view.peers.values()
-            if any(same_address(normalize(a), (address, scope)) for a in peer["addresses"])
-        ]
+    def _local_addresses(self) -> list[str]:
+        from xmppll.discovery.mdns.link import local_addresses
+
+        return [a.address for a in local_addresses(self.config.interfaces or None)]
+
+    async def _publish(self) -> None:
+        published = await self.directory.publish(self.config.name, self.presence.port,
+                                                  self.txt(), rename=self.config.rename)
+        await self.control.start(published.name)
+        self.emit({"event": "announced", "name": published.name, "host": published.host,
+                   "addresses": published.addresses, "port": published.port,
+                   **self._presence_json()})
+        sd_notify(f"READY=1\nSTATUS=announced {published.name} on port {published.port}")
 
     def _take_lock(self) -> None:
         """One agent per name: a second one refuses with a clear error; the lock dies
@@ -177,13 +169,6 @@ class Agent:
             ) from None
         self._lock_fd = fd
 
-    def _save_record(self, record: Record) -> None:
-        """Kept so that `withdraw --stale` can say goodbye for us after a crash."""
-        path = self.state / "published.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**record.to_json(), "pid": os.getpid()}))
-        tmp.replace(path)
-
     def _presence_json(self) -> dict[str, Any]:
         data = self.presence.to_json()
         data.pop("port")
@@ -191,10 +176,7 @@ class Agent:
 
     def _on_publish(self, event: dict[str, Any]) -> None:
         self.emit(event)
-        if event["event"] == "renamed" and self.publisher and self.publisher.record:
-            self._save_record(self.publisher.record)
-            if self.view:
-                self.view.exclude_name(event["name"])
+        if event["event"] == "renamed":
             asyncio.ensure_future(self.control.start(event["name"]))
         if event["event"] == "withdrawn":
             self.stop_event.set()
@@ -208,12 +190,6 @@ class Agent:
                 # raising into the peer view would lose this batch for everyone.
                 del self.subscribers[queue]
                 writer.transport.abort()
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
-            if self.view:
-                self.view.refresh()
 
     def _install_signals(self) -> None:
         """Signals reach only the main thread; `listen` runs its agent in another one
@@ -242,27 +218,23 @@ class Agent:
         """Thread-safe: ask the agent to withdraw and exit."""
         loop.call_soon_threadsafe(self.stop_event.set)
 
-    async def _shutdown(self, azc: Any) -> None:
+    async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
-        await self.pool.close()
-        if self.incoming:
-            await self.incoming.close()
-        if self.view:
-            await self.view.stop()
-        if self.publisher and self.publisher.record:
-            name = self.publisher.record.name
-            await self.publisher.withdraw()
-            (self.state / "published.json").unlink(missing_ok=True)
+        if self.hub:
+            await self.hub.close()
+        name = self.mdns.record.name if self.mdns.record else None
+        await self.directory.withdraw()
+        if name:
             self.emit({"event": "withdrawn", "name": name})
+        await self.directory.close()
         await self.control.stop()
         for sock in self.listeners:
             sock.close()
         if self.inbox:
             self.inbox.close()
-        await azc.async_close()
 
     async def op_info(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        rec = self.publisher.record if self.publisher else None
+        rec = self.mdns.record
         await reply(writer, {"ok": True, "name": self.name, "pid": os.getpid(),
                               "port": self.presence.port,
                               "host": rec.server.rstrip(".") if rec else None,
@@ -288,13 +260,14 @@ class Agent:
         except XmpplError:
             self.presence = old
             raise
-        if self.publisher is not None and self.publisher.record is not None:
-            await self.publisher.update_txt(txt)
+        await self.directory.update(txt)
+
+    def _peers_json(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in sorted(self.directory.peers(),
+                                            key=lambda p: p.name.lower())]
 
     async def op_peers(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        peers = sorted(self.view.peers.values(), key=lambda p: p["name"].lower()) \
-            if self.view else []
-        await reply(writer, {"ok": True, "peers": peers})
+        await reply(writer, {"ok": True, "peers": self._peers_json()})
 
     async def op_follow(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """Streams `added` for every cached peer, then every change, until the client
@@ -303,7 +276,7 @@ class Agent:
         self.subscribers[queue] = writer
         try:
             await reply(writer, {"ok": True})
-            for peer in list(self.view.peers.values()) if self.view else []:
+            for peer in self._peers_json():
                 queue.put_nowait({"event": "added", **peer})
             while True:
                 event = await queue.get()
@@ -336,51 +309,43 @@ class Agent:
         finally:
             self.inbox.subscribers.discard(queue)
 
+    async def op_store(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """A stanza that a one-shot `send` of ours received on its own connection (a
+        peer answering on the stream we opened): stored here, once, like any other."""
+        record = req.get("record")
+        if not isinstance(record, dict):
+            raise DataError("store: \"record\" must be an object")
+        assert self.store is not None
+        stored = await self.store.submit(record, message_key(record))
+        await reply(writer, {"ok": True, "seq": (stored or {}).get("seq")})
+
     async def op_send(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        """Deliver one message as our published name, from an address we advertise.
-        A failed connect re-resolves the peer and tries once more (RFC 6762 §10.4:
-        the cached address may be stale)."""
+        """Deliver one message as our published name (to every peer with
+        "everyone"); the reply comes when the peer has it."""
         message = req.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("to"), str):
+        if not isinstance(message, dict):
+            raise DataError("send: \"message\" must be an object")
+        timeout = float(req.get("send_timeout") or DEFAULT_SEND_TIMEOUT)
+        assert self.delivery is not None and self.hub is not None
+        if req.get("everyone"):
+            names = [p.name for p in self.directory.peers()]
+            results = await self.delivery.send_to_all(message, names, timeout=timeout)
+            await reply(writer, {"ok": True, "sent": [
+                {"to": n, "id": r.id} if not isinstance(r, XmpplError) else
+                {"to": n, "error": str(r), "code": r.exit_code}
+                for n, r in zip(names, results, strict=True)]})
+            return
+        if not isinstance(message.get("to"), str):
             raise DataError("send: \"message\" must be an object with \"to\"")
-        timeout = float(req.get("send_timeout") or 10.0)
-        peer = await self._resolve(message["to"], float(req.get("wait") or 0))
-        reuse = bool(req.get("receipt")) or _speaks_receipts(peer)
-        element = st.message_from_json(message, from_=self.name, receipt=reuse)
-        try:
-            await self._deliver(peer, element, timeout, reuse)
-        except ConnectFailed:
-            assert self.view is not None
-            self.view.ask(peer["name"])
-            peer = await self._resolve(message["to"], 1.0)
-            await self._deliver(peer, element, timeout, reuse)
-        await reply(writer, {"ok": True, "id": element.get("id"), "to": peer["name"],
-                              "streams_opened": self.pool.opened})
-
-    async def _resolve(self, name: str, wait: float) -> dict[str, Any]:
-        assert self.view is not None
-        peer = await wait_for_peer(self.view, name, max(wait, 1.5))
-        if peer is None:
-            raise NoPeerError(f"no peer named {name} on the link")
-        return peer
-
-    async def _deliver(self, peer: dict[str, Any], element: Any, timeout: float,
-                       reuse: bool) -> None:
-        rec = self.publisher.record if self.publisher else None
-        target = Target(peer["name"], peer["addresses"], peer["port"])
-        await self.pool.send(target, element, me=self.name, timeout=timeout,
-                             sources=rec.addresses if rec else None, receipts=reuse)
+        sent = await self.delivery.send(message, timeout=timeout,
+                                        wait=float(req.get("wait") or 0),
+                                        receipt=bool(req.get("receipt")))
+        await reply(writer, {"ok": True, "id": sent.id, "to": sent.to,
+                              "streams_opened": self.hub.dialled})
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
-
-
-def _speaks_receipts(peer: dict[str, Any]) -> bool:
-    """Whether the peer acknowledges with XEP-0184 receipts, which is what lets a
-    reused stream confirm each message: known for xmppll's own caps node."""
-    peer_caps = peer.get("caps") or {}
-    return peer_caps.get("node") == caps.CAPS_NODE
 
 
 def sd_notify(state: str) -> None:

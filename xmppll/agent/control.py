@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,14 +117,17 @@ def request(name: str, op: str, *, timeout: float | None = 30.0, **args: Any) ->
     raise IOFailure(f"the agent for {name} closed the connection without answering")
 
 
-def stream(name: str, op: str, **args: Any) -> Iterator[dict[str, Any]]:
-    """A streaming request: yields every event line after the reply."""
+def stream(name: str, op: str, *, duration: float | None = None,
+           **args: Any) -> Iterator[dict[str, Any]]:
+    """A streaming request: yields every event line after the reply, until the agent
+    goes away or `duration` seconds have passed."""
     try:
         sock = _connect(identity.socket_path(name))
         sock.settimeout(None)
         _send(sock, op, args)
     except OSError as exc:
         raise UnavailableError(f"cannot reach the agent for {name}: {exc}") from exc
+    end = time.monotonic() + duration if duration else None
     lines = _lines(sock)
     try:
         first = next(lines, None)
@@ -131,7 +135,16 @@ def stream(name: str, op: str, **args: Any) -> Iterator[dict[str, Any]]:
             raise UnavailableError(f"the agent for {name} closed the connection without "
                                    "answering")
         _check(first)
-        yield from lines
+        while True:
+            if end is not None:
+                sock.settimeout(max(0.001, end - time.monotonic()))
+            try:
+                line = next(lines, None)
+            except TimeoutError:
+                return
+            if line is None:
+                return
+            yield line
     finally:
         sock.close()
 

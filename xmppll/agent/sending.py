@@ -1,12 +1,27 @@
-"""`send` without an agent: resolve the peer over mDNS, deliver over a stream of our
-own, and publish a transient presence only when the peer insists on a published,
-resolved sender (libpurple, `listen --verify strict`), which costs a probe (~0.9 s).
+"""`send` without an agent: a one-shot composition of the same parts the agent uses
+(mDNS lookup, a hub of connections, the dispatch, delivery), alive for one command.
+
+Questions go out from an ephemeral port (legacy unicast, RFC 6762 §6.7), so the
+answers come back to this process: asked from 5353, they would go to whichever
+process sharing 5353 on this host the kernel picks (an agent, another `send`), and
+concurrent senders on one host then failed with "no peer" (exit 68).
+
+A transient presence is published before dialling any peer that is not known to
+accept unpublished senders: libpurple refuses them, and telepathy-salut aborts when a
+stream header names a service that is not published (salut-facts.md). xmppll's
+agents accept them, so a send to one costs no probe (~0.9 s). Publishing needs 5353,
+so the transient presence gets a link of its own, opened only then.
+
+What a peer sends us on the connection we opened is stored in our inbox like
+anything else: through the agent of our name if one runs, else directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,16 +29,22 @@ from typing import Any
 
 from xmppll import identity
 from xmppll.agent import control
+from xmppll.agent.inbox import Inbox
 from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
-from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
+from xmppll.discovery.mdns.peers import PeerView, browse_once, wait_for_peer
 from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
 from xmppll.discovery.presence import Presence, encode_txt
 from xmppll.errors import NoPeerError, Tally, XmpplError
-from xmppll.xmpp import stanza as st
-from xmppll.xmpp.outgoing import Rejected, Target, deliver
+from xmppll.xmpp.caps import CAPS_NODE
+from xmppll.xmpp.delivery import Delivery, Hooks, PeerInfo
+from xmppll.xmpp.disco import Disco
+from xmppll.xmpp.dispatch import Dispatcher
+from xmppll.xmpp.hub import Hub
+from xmppll.xmpp.receipts import Receipts
 
 log = logging.getLogger("xmppll")
 RESOLVE_TIMEOUT = 1.5  # answers come in ~0.15 s; lost ones on the 2nd query at ~1.1 s
+ALL_TIMEOUT = 3.0  # s: the browse that finds every peer for --all
 
 
 @dataclass
@@ -35,15 +56,46 @@ class Options:
     interfaces: list[str] | None
 
 
-class Link:
-    """The mDNS session of one `send` run: a peer view, and our transient presence
-    once a peer demanded it.
+class HandoffStore:
+    """The Store of a one-shot send: what arrives goes to our name's inbox, through
+    its agent when one runs (the agent owns the inbox then), else written here under
+    the agent's lock, so an agent starting meanwhile waits its turn."""
 
-    Questions go out from an ephemeral port (legacy unicast, RFC 6762 §6.7), so the
-    answers come back to this process: asked from 5353, they would go to whichever
-    process sharing 5353 on this host the kernel picks (an agent, another `send`), and
-    concurrent senders on one host then failed with "no peer" (exit 68). Publishing
-    needs 5353, so the transient presence gets a link of its own, opened only then."""
+    def __init__(self, me: str) -> None:
+        self.me = me
+
+    def submit(self, record: dict[str, Any], key: tuple[str, str] | None) -> asyncio.Future:
+        return asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+            None, self._store, record))
+
+    def unstored(self) -> int:
+        return 0
+
+    def _store(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        if control.is_alive(identity.socket_path(self.me)):
+            return control.request(self.me, "store", record=record)
+        state = identity.state_dir(self.me)
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if control.is_alive(identity.socket_path(self.me)):
+                return control.request(self.me, "store", record=record)
+            return asyncio.run(_store_directly(state, record))
+        finally:
+            os.close(fd)
+
+
+async def _store_directly(state: Any, record: dict[str, Any]) -> dict[str, Any]:
+    inbox = Inbox(state)
+    try:
+        return await inbox.submit(record)
+    finally:
+        inbox.close()
+
+
+class OneShot:
+    """The mDNS session and the connections of one `send` run."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -55,8 +107,14 @@ class Link:
         # The transient presence advertises a port we really listen on (nothing is
         # accepted from it during a send, but it is not someone else's port).
         self._listener: socket.socket | None = None
+        me = options.me
+        dispatcher = Dispatcher(HandoffStore(me), lambda: me)
+        self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher)
+        self.delivery = Delivery(self.hub, Receipts(dispatcher), Disco(dispatcher), Hooks(
+            resolve=self.resolve, stale=self.stale, sources=lambda: self.sources,
+            before_dial=self.before_dial))
 
-    async def __aenter__(self) -> Link:
+    async def __aenter__(self) -> OneShot:
         self._shared = mdns_port_taken()
         self.azc = await open_link(self.options.interfaces, unicast=True)
         self.view = PeerView(self.azc.zeroconf, exclude={self.options.me})
@@ -64,6 +122,7 @@ class Link:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.hub.close()
         if self.publisher is not None:
             log.info("withdrawing the transient presence of %s", self.options.me)
             await self.publisher.withdraw()
@@ -75,71 +134,54 @@ class Link:
             await self.responder.async_close()
         await self.azc.async_close()
 
-    async def resolve(self, name: str) -> Target:
-        """The peer's SRV port and addresses; waits up to --wait for it to appear."""
+    async def resolve(self, name: str, wait: float) -> PeerInfo | None:
+        """The peer's SRV port and addresses; waits up to `wait` for it to appear."""
         assert self.view is not None
-        self.view.query_ptr(known_answers=False)
-        peer = await wait_for_peer(self.view, name, max(self.options.wait, RESOLVE_TIMEOUT))
+        if self.view.find(name) is None:
+            self.view.query_ptr(known_answers=False)
+        peer = await wait_for_peer(self.view, name, max(wait, RESOLVE_TIMEOUT))
         if peer is None:
-            raise NoPeerError(f"no peer named {name} on the link")
+            return None
         log.info("resolved %s: %s port %s", name, ", ".join(peer["addresses"]), peer["port"])
-        return Target(peer["name"], peer["addresses"], peer["port"])
+        return PeerInfo(peer["name"], peer["addresses"], peer["port"], peer.get("caps"))
 
-    async def all_peers(self) -> list[Target]:
-        from xmppll.discovery.mdns.peers import browse_once
+    def stale(self, name: str) -> None:
+        if self.view is not None:
+            self.view.ask(name)
 
-        peers = await browse_once(self.azc.zeroconf, timeout=3.0, exclude={self.options.me})
-        return [Target(p["name"], p["addresses"], p["port"]) for p in peers]
+    async def all_peers(self) -> list[str]:
+        peers = await browse_once(self.azc.zeroconf, timeout=ALL_TIMEOUT,
+                                  exclude={self.options.me})
+        return [p["name"] for p in peers]
+
+    async def before_dial(self, peer: PeerInfo, refused: bool) -> None:
+        if refused or (peer.caps or {}).get("node") != CAPS_NODE:
+            await self.publish_self()
 
     async def publish_self(self) -> None:
         """A transient presence so that strict peers can resolve and accept us."""
         if self.sources is not None:
             return
-        agents = control.running_agents()
-        if self.options.me in agents:
-            info = control.request(self.options.me, "info")
+        opts = self.options
+        if opts.me in control.running_agents():
+            info = control.request(opts.me, "info")
             self.sources = info["addresses"] or [a.address for a in local_addresses(
-                self.options.interfaces)]
+                opts.interfaces)]
             return
-        mine = local_addresses(self.options.interfaces)
+        mine = local_addresses(opts.interfaces)
         label = identity.host_label()
-        self.responder = await open_link(self.options.interfaces)
+        self.responder = await open_link(opts.interfaces)
         host = asyncio.ensure_future(
             choose_host(self.responder.zeroconf, label, mine, shared=self._shared))
-        self._listener = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+        self._listener = socket.create_server(("", 0), family=socket.AF_INET6,
+                                              dualstack_ipv6=True)
         port = self._listener.getsockname()[1]
         txt = encode_txt(Presence(port=port, status="avail"))
         self.publisher = Publisher(self.responder, rename=False)
-        log.info("publishing a transient presence for %s (port %d)", self.options.me, port)
-        record = await self.publisher.publish(
-            Record(self.options.me, f"{label}.local.", port, txt, []), host)
+        log.info("publishing a transient presence for %s (port %d)", opts.me, port)
+        record = await self.publisher.publish(Record(opts.me, f"{label}.local.", port, txt, []),
+                                              host)
         self.sources = record.addresses or [a.address for a in mine]
-
-
-async def send_one(link: Link, target: Target, record: dict[str, Any]) -> str:
-    """Deliver one message; returns its id. Publishes us and retries once if the peer
-    rejected an unpublished sender."""
-    opts = link.options
-    element = st.message_from_json(record, from_=opts.me, receipt=opts.receipt)
-    msg_id = element.get("id")
-    receipts = {msg_id} if opts.receipt and msg_id else None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + opts.timeout
-    rejected = False
-    while True:
-        try:
-            await deliver(target, [element], me=opts.me, timeout=max(0.2, deadline - loop.time()),
-                          sources=link.sources, receipt_ids=receipts)
-            log.info("delivered %s to %s", msg_id, target.name)
-            return msg_id or ""
-        except Rejected:
-            if loop.time() >= deadline:
-                raise
-            if not rejected:
-                log.info("%s rejected an unpublished sender", target.name)
-                await link.publish_self()
-            rejected = True
-            await asyncio.sleep(0.1)  # let the peer resolve our announcement
 
 
 async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Options,
@@ -150,25 +192,26 @@ async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Optio
     tally = Tally()
     inputs = tally.read(records)
     loop = asyncio.get_running_loop()
-    async with Link(options) as link:
-        targets: dict[str, Target] = {}
-        everyone_targets = await link.all_peers() if everyone else []
+    async with OneShot(options) as session:
+        names = await session.all_peers() if everyone else []
+        if everyone and not names:
+            raise NoPeerError("no peers on the link")
         while item := await loop.run_in_executor(None, next, inputs, None):
             lineno, record = item
             try:
                 if everyone:
-                    for target in everyone_targets:
-                        await send_one(link, target, {**record, "to": target.name})
-                        tally.sent += 1
+                    results = await session.delivery.send_to_all(
+                        record, names, timeout=options.timeout)
+                    tally.sent += sum(not isinstance(r, XmpplError) for r in results)
+                    failed = [r for r in results if isinstance(r, XmpplError)]
+                    if failed:
+                        raise failed[0]
                     continue
-                to = record["to"]
-                if to.lower() not in targets:
-                    targets[to.lower()] = await link.resolve(to)
-                await send_one(link, targets[to.lower()], record)
+                await session.delivery.send(record, timeout=options.timeout,
+                                            wait=options.wait, receipt=options.receipt)
                 tally.sent += 1
             except XmpplError as exc:
                 raise tally.failed(exc, lineno) from None
-    if everyone and not everyone_targets:
-        raise NoPeerError("no peers on the link")
     return tally.sent
+
 

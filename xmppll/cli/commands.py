@@ -224,7 +224,9 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
     def matches(peer: dict[str, Any]) -> bool:
         return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
 
-    agent = None if no_agent or ifaces else _agent_or_none()
+    from xmppll.agent import client
+
+    agent = None if no_agent or ifaces else client.any_agent()
     if follow:
         def emit(event: dict[str, Any]) -> None:
             if matches(event):
@@ -232,10 +234,10 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
                     render.write_json(event)
                 else:
                     render.write_line(render.peer_event_line(event, color=color))
-        _follow(agent, emit, ifaces, timeout)
+        client.follow(agent, emit, ifaces, timeout)
         return
     with render.progress("browsing the link...", enabled=agent is None):
-        peers = _list_peers(agent, ifaces, timeout or 3.0)
+        peers = client.peers(agent, ifaces, timeout or 3.0)
     peers = [p for p in peers if matches(p)]
     if emit_json:
         for peer in peers:
@@ -243,42 +245,6 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
     else:
         for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
             render.write_line(line)
-
-
-def _agent_or_none() -> str | None:
-    from xmppll.agent import control
-
-    agents = control.running_agents()
-    return agents[0] if agents else None
-
-
-def _list_peers(agent: str | None, ifaces: list[str] | None,
-                timeout: float) -> list[dict[str, Any]]:
-    if agent:
-        from xmppll.agent import control
-
-        return control.request(agent, "peers")["peers"]
-    from xmppll.discovery.mdns import oneshot
-
-    return oneshot.browse(timeout, ifaces)
-
-
-def _follow(agent: str | None, emit: Any, ifaces: list[str] | None,
-            timeout: float | None) -> None:
-    if agent:
-        import signal
-
-        from xmppll.agent import control
-
-        if timeout:  # the event stream blocks in a read: end it with a timer
-            signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-        for event in control.stream(agent, "follow"):
-            emit(event)
-        return
-    from xmppll.discovery.mdns import oneshot
-
-    oneshot.follow(emit, ifaces, timeout)
 
 
 @cli.command()
@@ -299,23 +265,14 @@ def status(status: str | None, msg: str | None, name: str | None,
       xmppll status
       xmppll status away --msg "lunch"
       xmppll status avail --msg ''"""
-    from xmppll.agent import control
+    from xmppll.agent import client
 
     _check_interfaces(interfaces)
-    if name is None and status is None and msg is None:
-        agents = control.running_agents()
-        if len(agents) > 1:
-            for agent in agents:
-                _print_status(control.request(agent, "info"), as_json)
-            return
-    agent = control.find_agent(name)
-    if status is None and msg is None:
-        reply = control.request(agent, "info")
-    else:
-        reply = control.request(agent, "status", status=status, msg=msg)
-        if quiet:
-            return
-    _print_status(reply, as_json)
+    replies = client.status(name, status, msg)
+    if quiet and (status is not None or msg is not None):
+        return
+    for reply in replies:
+        _print_status(reply, as_json)
 
 
 def _print_status(reply: dict[str, Any], as_json: bool | None) -> None:
@@ -344,39 +301,20 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
       xmppll withdraw
       xmppll withdraw --stale   # after the agent was killed with -9"""
     from xmppll import identity
-    from xmppll.agent import control
+    from xmppll.agent import client
 
     ifaces = _check_interfaces(interfaces)
     if stale:
-        from xmppll.discovery.mdns import oneshot
-
         target = identity.check_instance_name(name or identity.default_name())
-        record = oneshot.withdraw_stale(target, ifaces)
-        result = {"event": "withdrawn", "name": record.name, "stale": True}
+        result = client.withdraw_stale(target, ifaces)
     else:
-        result = {"event": "withdrawn", **_withdraw_agent(control.find_agent(name))}
+        result = client.withdraw(name)
     if quiet:
         return
     if render.wants_json(as_json):
         render.write_json(result)
     else:
         render.write_line(render.agent_event_line(result))
-
-
-def _withdraw_agent(name: str) -> dict[str, Any]:
-    """Ask the agent to go, then wait until its socket is gone: when this command
-    returns, the goodbyes have been sent."""
-    import time
-
-    from xmppll import identity
-    from xmppll.agent import control
-
-    reply = control.request(name, "withdraw")
-    path = identity.socket_path(name)
-    deadline = time.monotonic() + 10
-    while path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return {"name": reply["name"]}
 
 
 VERIFY_CHOICE = click.Choice(["strict", "mark", "off"])
@@ -418,6 +356,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--thread", metavar="ID", help="Conversation thread id.")
 @click.option("--receipt", is_flag=True, help="Ask for an XEP-0184 receipt and succeed "
               "only when it comes back.")
+@click.option("--id", "id_", metavar="ID", help="The message id [default: a new one]. "
+              "A receiver stores a message it already has (same sender, same id) only "
+              "once, so a script can retry with the same --id without doubling it.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               metavar="SECONDS", help="Seconds to deliver each message.")
 @click.option("--wait", type=float, default=0.0, metavar="SECONDS",
@@ -430,7 +371,8 @@ def _setup_logging(verbose: bool) -> None:
 @verbose_option
 @quiet_option
 def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
-         subject: str | None, thread: str | None, receipt: bool, timeout: float,
+         subject: str | None, thread: str | None, receipt: bool, id_: str | None,
+         timeout: float,
          wait: float, json_input: bool, lines: bool, everyone: bool,
          interfaces: tuple[str, ...], verbose: bool, quiet: bool) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
@@ -445,8 +387,10 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
       make 2>&1 | tail -20 | xmppll send ops@buildbox
       xmppll send --all "lunch is here"
       xmppll send --wait 60 juliet@capulet "you are up"
+      xmppll send --id build-42 ops@buildbox "build 42 ok"   # safe to retry
       xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json"""
     from xmppll import identity
+    from xmppll.agent import client
 
     if timeout <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
@@ -457,11 +401,14 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
         raise UsageError("missing TO: name a peer, or use --all or --json")
     if json_input and (text or lines):
         raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
+    if id_ is not None and (lines or json_input):
+        raise UsageError("--id names one message: with --lines or --json, give each "
+                         "JSON line an \"id\" instead")
     me = identity.check_instance_name(from_ or identity.default_name())
-    base = {"type": type_, "subject": subject, "thread": thread}
+    base = {"type": type_, "subject": subject, "thread": thread, "id": id_}
     records = _json_records(to) if json_input else _text_records(to, text, lines, base)
     ifaces = _check_interfaces(interfaces)
-    agent = None if ifaces else _sending_agent(from_)
+    agent = None if ifaces else client.sending_agent(from_)
     if verbose or not agent:  # logging costs ~5 ms of imports the agent's client can skip
         _setup_logging(verbose)
     target = "every peer" if everyone else (to or "the peers named on stdin")
@@ -469,52 +416,8 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     # Not while reading stdin: the writer of the pipe (make) may print on the terminal.
     reads_stdin = json_input or lines or not text
     with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
-        if agent:
-            _send_via_agent(agent, records, everyone=everyone, timeout=timeout, wait=wait,
-                            receipt=receipt)
-            return
-        import asyncio
-
-        from xmppll.agent import sending
-
-        options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
-                                  interfaces=ifaces)
-        asyncio.run(sending.send_all(records, options, everyone=everyone))
-
-
-def _sending_agent(from_: str | None) -> str | None:
-    """The running agent that sends for us: the one named --from, else the only or
-    default one; None sends standalone."""
-    from xmppll.agent import control
-
-    agents = control.running_agents()
-    if from_ is not None:
-        return from_ if from_ in agents else None
-    try:
-        return control.find_agent(None) if agents else None
-    except UsageError:
-        return None
-
-
-def _send_via_agent(agent: str, records: Any, *, everyone: bool, timeout: float,
-                    wait: float, receipt: bool) -> None:
-    """One control request per message; the agent answers when the peer took it."""
-    from xmppll.agent import control
-    from xmppll.errors import NoPeerError, Tally
-
-    names = [p["name"] for p in control.request(agent, "peers")["peers"]] if everyone else []
-    if everyone and not names:
-        raise NoPeerError("no peers on the link")
-    tally = Tally()
-    for lineno, record in tally.read(records):
-        try:
-            for to in names or [record["to"]]:
-                control.request(agent, "send", message={**record, "to": to},
-                                timeout=timeout + wait + 5, send_timeout=timeout,
-                                wait=wait, receipt=receipt)
-                tally.sent += 1
-        except XmpplError as exc:
-            raise tally.failed(exc, lineno) from None
+        client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
+                    wait=wait, receipt=receipt, interfaces=ifaces)
 
 
 def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
@@ -599,7 +502,9 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
     color = not emit_json and render.use_color()
     ifaces = _check_interfaces(interfaces)
     background = None
-    agent = _running(name)
+    from xmppll.agent import client
+
+    agent = client.running(name)
     if not agent:
         background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet)
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
@@ -634,17 +539,6 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
-
-
-def _running(name: str | None) -> str | None:
-    """The agent to follow, or None when none runs (several, unnamed: a usage error)."""
-    from xmppll.agent import control
-    from xmppll.errors import UnavailableError
-
-    try:
-        return control.find_agent(name)
-    except UnavailableError:
-        return None
 
 
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,

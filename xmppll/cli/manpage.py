@@ -484,8 +484,17 @@ OPS: list[tuple[str, str, str]] = [
     ("send", "`message`: an object of the stanza shape (`to` and `body` required; "
              "`type`, `subject`, `thread`, `id` optional); `send_timeout` (seconds, "
              "default 10); `wait` (seconds to wait for the peer to appear); `receipt` "
-             "(boolean)",
-     "once the peer took the message: `id`, `to` and `streams_opened`."),
+             "(boolean); `everyone` (boolean: to every cached peer, in parallel, "
+             "`to` ignored)",
+     "once the peer took the message: `id`, `to` and `streams_opened` (the "
+     "connections the agent has dialled so far); with `everyone`, `sent`: one "
+     "object per peer, `to` with `id`, or `to` with `error` and `code`. Messages to "
+     "one peer queue behind each other on one connection; peers are served in "
+     "parallel."),
+    ("store", "`record`: a stanza record (the shape `listen` prints, without `seq`)",
+     "once it is on disk: `seq`. A one-shot `send` that received a stanza on its own "
+     "connection hands it over this way; a message whose sender and `id` are already "
+     "stored is not stored again."),
     ("withdraw", "none",
      "`name`; then the agent sends goodbyes, removes its socket and exits."),
 ]

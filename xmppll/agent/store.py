@@ -1,0 +1,72 @@
+"""The inbox as the stream code's Store: each received stanza once.
+
+A sender whose stream broke after it wrote a message but before our receipt reached
+it sends the message again, with the same id. The (sender, id) of the last WINDOW
+messages is kept here and rebuilt from the inbox's tail at start, so a repeat is
+answered (its receipt goes out once the first copy is on disk) but stored only once,
+across restarts too. The inbox is the only truth: nothing else is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+from xmppll.agent.inbox import Inbox, read_after
+
+WINDOW = 10000  # messages remembered; a retry comes seconds, not days, after the first
+
+
+def message_key(record: dict[str, Any]) -> tuple[str, str] | None:
+    sender = (record.get("peer") or {}).get("name") or record.get("from")
+    if record.get("kind") != "message" or not sender or not record.get("id"):
+        return None
+    return sender.lower(), record["id"]
+
+
+class InboxStore:
+    def __init__(self, inbox: Inbox, window: int = WINDOW) -> None:
+        self.inbox = inbox
+        self.window = window
+        self.recent: OrderedDict[tuple[str, str], asyncio.Future | None] = OrderedDict()
+        self.repeats = 0
+        for record in read_after(inbox.path.parent, max(0, inbox.seq - window)):
+            key = message_key(record)
+            if key is not None:
+                self._remember(key, None)
+
+    def _remember(self, key: tuple[str, str], stored: asyncio.Future | None) -> None:
+        self.recent[key] = stored
+        self.recent.move_to_end(key)
+        while len(self.recent) > self.window:
+            self.recent.popitem(last=False)
+
+    def submit(self, record: dict[str, Any], key: tuple[str, str] | None) -> asyncio.Future:
+        if key is not None and key in self.recent:
+            self.repeats += 1
+            first = self.recent[key]
+            if first is not None and not (first.done() and first.exception() is not None):
+                return first
+            if first is None:
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
+        stored = self.inbox.submit(record)
+        if key is not None:
+            self._remember(key, stored)
+            stored.add_done_callback(lambda fut: self._settled(key, fut))
+        return stored
+
+    def _settled(self, key: tuple[str, str], stored: asyncio.Future) -> None:
+        """Once on disk the future is not needed; one that failed is forgotten, so
+        the sender's retry is stored."""
+        if key not in self.recent:
+            return
+        if stored.cancelled() or stored.exception() is not None:
+            del self.recent[key]
+        else:
+            self.recent[key] = None
+
+    def unstored(self) -> int:
+        return self.inbox.unstored

@@ -1,0 +1,426 @@
+"""One XEP-0174 connection: a TCP connection that carries an XML stream each way.
+
+Whoever opened it, both ends may send stanzas on it (telepathy-salut keeps one
+connection per contact and closes a second one at once; a responder-only bot answers
+on the stream it was sent). So a Connection is the same object whichever side opened
+it: it reads the peer's stream and hands every stanza to the Hub's dispatch, and it
+is what we write our own stanzas on.
+
+Responding, our header goes out in a write of its own (libpurple waits for it before
+sending anything, and crashes when the header and an element arrive in one read).
+Closing, "delivered" means the peer closed its side after reading our closing tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import socket
+import struct
+import termios
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xmppll.addresses import normalize
+from xmppll.errors import IOFailure, ProtocolFailure, TimeoutFailure, UnavailableError
+from xmppll.xmpp.stream import (
+    CLOSE,
+    FEATURES_EMPTY,
+    IDLE_TIMEOUT,
+    STREAM_NS,
+    Stanza,
+    StreamClose,
+    StreamError,
+    StreamOpen,
+    StreamParser,
+    header,
+    serialize,
+    split_tag,
+)
+
+if TYPE_CHECKING:
+    from xmppll.xmpp.hub import Hub
+
+log = logging.getLogger("xmppll")
+READ_SIZE = 65536
+MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before this stream stops reading
+_TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
+
+
+class Rejected(UnavailableError):
+    """The peer closed the connection before its header: libpurple does this at accept
+    when it has not resolved us as a published buddy, so a retry after publishing
+    ourselves may succeed."""
+
+
+class Refused(Exception):
+    """We end this stream: its sender may not speak here (`--verify strict`)."""
+
+
+@dataclass
+class Remote:
+    address: str  # normalised, without scope
+    port: int
+    scope: str | None
+
+    def __str__(self) -> str:
+        return f"{self.address}{'%' + self.scope if self.scope else ''}:{self.port}"
+
+
+def remote_of(writer: asyncio.StreamWriter) -> Remote:
+    peer = writer.get_extra_info("peername")
+    addr, scope = normalize(peer[0])
+    if scope is None and len(peer) == 4 and peer[3] and ":" in addr:
+        try:
+            scope = socket.if_indextoname(peer[3])
+        except OSError:
+            scope = str(peer[3])
+    return Remote(addr, peer[1], scope)
+
+
+def stream_error(condition: str, text: str | None = None) -> bytes:
+    ns = "urn:ietf:params:xml:ns:xmpp-streams"
+    detail = ""
+    if text:
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        detail = f"<text xmlns='{ns}'>{escaped}</text>"
+    return (f"<stream:error><{condition} xmlns='{ns}'/>{detail}</stream:error>").encode() + CLOSE
+
+
+def _error_condition(element: ET.Element) -> str:
+    for child in element:
+        local = split_tag(child.tag)[1]
+        if local != "text":
+            return local
+    return "undefined-condition"
+
+
+class Connection:
+    """One TCP connection to one peer, a stream each way."""
+
+    def __init__(self, hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, initiator: bool, peer: str | None = None) -> None:
+        self.hub = hub
+        self.reader = reader
+        self.writer = writer
+        self.initiator = initiator
+        self.remote = remote_of(writer)
+        self.parser = StreamParser()
+        # Who is on the other end: the name we dialled (we connected to an address it
+        # advertises), or, accepting, the name it claims once checked.
+        self.peer = peer
+        self.verified: bool | None = True if initiator else None
+        self.peer_header: dict[str, str] | None = None
+        self.header_seen = asyncio.Event()
+        self.done = asyncio.Event()  # the read side has ended, for whatever reason
+        self.closing = False  # our closing tag is out: nothing more may be written
+        self.close_tag = False  # the peer sent its </stream:stream>
+        self.reset = False  # closed with a RST: data we sent was thrown away unread
+        self.error: str | None = None  # a <stream:error> condition the peer sent
+        self.failure: BaseException | None = None  # why our read side ended, if not a close
+        self.unstored: list[asyncio.Future] = []
+        self.store_failed = False
+        self.last_used = asyncio.get_running_loop().time()
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        side = "to" if self.initiator else "from"
+        return f"<Connection {side} {self.peer or '?'} {self.remote}>"
+
+    @property
+    def usable(self) -> bool:
+        """Open both ways, its peer known: a stanza written now will be read."""
+        return (self.header_seen.is_set() and not self.done.is_set() and not self.closing
+                and self.peer is not None and self.verified is not False)
+
+    # --- reading --------------------------------------------------------------------
+
+    async def run(self, header_timeout: float) -> None:
+        """Read the peer's stream until it ends; every stanza goes to the hub."""
+        try:
+            await self._read_loop(header_timeout)
+        except StreamError as exc:
+            self.failure = exc
+            log.warning("stream %s closed: %s", self, exc)
+            await self._send_quietly(stream_error("not-well-formed", str(exc)))
+        except TimeoutError as exc:
+            self.failure = exc
+            what = "no stream header" if self.peer_header is None else "idle"
+            log.warning("stream %s closed: %s timeout", self, what)
+            await self._send_quietly(stream_error("connection-timeout"))
+        except IOFailure as exc:
+            self.failure = exc
+            if not self.store_failed:
+                log.error("stream %s closed: %s", self, exc)
+                await self._send_quietly(stream_error("resource-constraint",
+                                                      "the inbox cannot store"))
+        except Refused as exc:
+            self.failure = exc
+            log.warning("stream %s refused: %s", self, exc)
+            await self._send_quietly(stream_error("not-authorized", str(exc)))
+        except ConnectionResetError as exc:
+            # libpurple refuses an unresolved sender by closing at once; our header,
+            # already on its way, then hits a closed socket and its close comes back
+            # as a RST. After the header: a peer that threw away what we sent.
+            self.reset = True
+            self.failure = exc
+        except (ConnectionError, OSError) as exc:
+            self.failure = exc
+            log.info("stream %s dropped: %s", self, exc)
+        finally:
+            self.done.set()
+            self.header_seen.set()  # wake anyone waiting for a header that never came
+            self.hub.forget(self)
+            self.abort()
+            for fut in self.unstored:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+
+    async def _read_loop(self, header_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        # The header must be complete by a deadline, not merely keep bytes coming: one
+        # byte a second (slowloris) would otherwise hold a stream open forever.
+        header_by = loop.time() + header_timeout
+        while True:
+            if self.peer_header is None:
+                timeout = header_by - loop.time()
+                if timeout <= 0:
+                    raise TimeoutError
+            else:
+                timeout = IDLE_TIMEOUT
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            if not data:
+                await self._settle()  # the peer dropped TCP after (or without) its close
+                return
+            self.last_used = loop.time()
+            try:
+                events = self.parser.feed(data)
+            except StreamError as exc:
+                for event in exc.events:  # what arrived whole before the fault is kept
+                    await self._handle(event)
+                await self._settle()
+                raise
+            for event in events:
+                if await self._handle(event):
+                    return
+            if len(self.unstored) > MAX_UNSTORED or self.hub.backlogged():
+                await self._settle()
+
+    async def _handle(self, event: Any) -> bool:
+        """True when the stream is over."""
+        if isinstance(event, StreamOpen):
+            await self._open(event)
+        elif isinstance(event, Stanza):
+            await self._stanza(event)
+        elif isinstance(event, StreamClose):
+            self.close_tag = True
+            await self._settle()
+            if not self.closing:
+                self.closing = True
+                await self._send_quietly(CLOSE)
+            return True
+        return False
+
+    async def _open(self, event: StreamOpen) -> None:
+        self.peer_header = event.attrs
+        claimed = event.attrs.get("from") or None
+        if not self.initiator:
+            v10 = event.attrs.get("version") == "1.0"
+            await self._send_quietly(header(from_=self.hub.me(), to=claimed,
+                                            version="1.0" if v10 else None))
+            if v10:
+                await self._send_quietly(FEATURES_EMPTY)
+            if claimed:
+                await self._identify(claimed)
+        self.header_seen.set()
+
+    async def _identify(self, claimed: str | None) -> None:
+        self.peer, self.verified = await self.hub.identify(claimed, self.remote)
+        if self.peer is not None:
+            self.hub.register(self)
+
+    async def _stanza(self, event: Stanza) -> None:
+        element = event.element
+        ns, local = split_tag(element.tag)
+        if ns == STREAM_NS:
+            if local == "error":
+                self.error = _error_condition(element)
+                log.warning("stream %s: peer sent a stream error: %s", self, event.xml)
+            return  # stream:features, from a responder or an initiator (Salut): ignored
+        if not self.initiator:
+            if self.peer is None and self.verified is None:
+                await self._identify(element.get("from") or None)
+            elif self.verified is not None:
+                # Checked again for every stanza: if the name stops advertising this
+                # address mid-stream, what follows is no longer vouched for.
+                self.verified = self.hub.still_verified(self.peer, self.remote)
+            if self.hub.strict and not self.verified:
+                raise Refused(f"sender {self.peer or 'unknown'} is not verified")
+        stored = await self.hub.dispatch(self, element, event.xml)
+        if stored is not None:
+            self.unstored.append(stored)
+            stored.add_done_callback(self._check_stored)
+
+    def _check_stored(self, stored: asyncio.Future) -> None:
+        """A stanza the inbox could not store (disk full) ends the stream at once, with
+        the reason: a sender waiting for its receipt would otherwise wait out its whole
+        timeout and learn only "no answer", and one still sending would pile up more
+        that cannot be stored. Closing our side makes the read loop end and settle."""
+        if stored.cancelled() or stored.exception() is None or self.store_failed:
+            return
+        self.store_failed = True
+        log.error("stream %s closed: %s", self, stored.exception())
+        with contextlib.suppress(Exception):
+            self.writer.write(stream_error("resource-constraint", "the inbox cannot store"))
+            self.writer.close()
+
+    async def _settle(self) -> None:
+        """Wait until everything received so far is on disk; raises IOFailure if not.
+        Our closing tag (which tells a sender "delivered") waits for this."""
+        pending, self.unstored = self.unstored, []
+        for fut in pending:
+            await fut
+
+    # --- writing --------------------------------------------------------------------
+
+    async def start(self, me: str, timeout: float) -> None:
+        """Initiating: our header, then the peer's. We never require its `from` or
+        `version`, nor features (libpurple sends neither; iChat no from)."""
+        self.writer.write(header(from_=me, to=self.peer, version="1.0"))
+        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.header_seen.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutFailure(f"{self.peer} did not answer within {timeout:g} s") from None
+        if self.peer_header is None:
+            self.raise_if_failed(before_header=True)
+            raise Rejected(f"{self.peer} closed the connection without answering")
+        self.raise_if_failed()
+
+    def raise_if_failed(self, *, before_header: bool = False) -> None:
+        """The failure that ended this stream, as the error a sender reports."""
+        if self.error:
+            if self.error in ("not-authorized", "policy-violation"):
+                raise Rejected(f"{self.peer} refused our stream ({self.error})")
+            raise ProtocolFailure(f"{self.peer} sent a stream error: {self.error}")
+        if isinstance(self.failure, StreamError):
+            raise ProtocolFailure(f"the peer broke the stream protocol: {self.failure}")
+        if not self.done.is_set():
+            return
+        if before_header:
+            raise Rejected(f"{self.peer} closed the connection without answering "
+                           "(it accepts only senders it has resolved on the link)")
+        if self.reset:
+            raise UnavailableError(f"{self.peer} reset the connection: what we sent "
+                                   "was not all read (the peer died or gave up)")
+        raise UnavailableError(f"{self.peer} closed the stream before our messages "
+                               "were acknowledged")
+
+    async def send(self, elements: list[ET.Element], timeout: float = 10.0) -> None:
+        if not self.usable:
+            self.raise_if_failed()
+            raise UnavailableError(f"the stream to {self.peer} is closing")
+        data = "".join(serialize(el) for el in elements).encode()
+        self.last_used = asyncio.get_running_loop().time()
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout)
+        except TimeoutError:
+            raise TimeoutFailure(f"{self.peer} stopped reading for {timeout:g} s") from None
+        except (ConnectionError, OSError) as exc:
+            raise UnavailableError(f"{self.peer} dropped the connection: {exc}") from None
+
+    async def finish(self, timeout: float, *, tag_expected: bool = False) -> None:
+        """Our closing tag, then wait for the peer's (or its TCP close): only then did
+        it read everything we sent. Raises when that cannot be known.
+
+        `tag_expected`: the peer answers our closing tag with its own once what it
+        read is stored (xmppll's agent does, RFC 6120 §4.4), so a bare TCP close from
+        it is a crash, not a delivery. libpurple sends no closing tag, and
+        telepathy-salut (wocky) drops TCP without one although it speaks XMPP 1.0."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.done.is_set():
+            self.raise_if_failed()
+        if not self.closing:
+            self.closing = True
+            self.writer.write(CLOSE)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.done.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise TimeoutFailure(f"{self.peer} did not close the stream within "
+                                 f"{timeout:g} s: delivery unconfirmed") from None
+        if self.error or self.reset or isinstance(self.failure, StreamError):
+            self.raise_if_failed()
+        if tag_expected and not self.close_tag:
+            raise UnavailableError(f"{self.peer} closed the connection without closing "
+                                   "the stream: delivery unconfirmed")
+        await self._all_taken(deadline)
+
+    async def _all_taken(self, deadline: float) -> None:
+        """A TCP close says the peer read what we sent only if nothing we sent was
+        still on its way: a peer that dies or closes with our data in flight sends a
+        FIN first and refuses the rest with a RST later, and counting the FIN as a
+        delivery was a false success. So wait until the kernel has every byte acked
+        (a half-closing peer keeps reading) or the connection is reset (it will not)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            state = self._tcp_state()
+            if state is None:
+                return  # no socket to ask (not TCP): the close is all we know
+            tcp, unacked = state
+            if tcp == _TCP_CLOSE:
+                raise UnavailableError(f"{self.peer} reset the connection: what we sent "
+                                       "was not all read (the peer died or gave up)")
+            if unacked == 0:
+                return
+            if loop.time() >= deadline:
+                raise UnavailableError(f"{self.peer} closed the connection with {unacked} "
+                                       "bytes of ours still unread: delivery failed")
+            await asyncio.sleep(0.01)
+
+    def _tcp_state(self) -> tuple[int, int] | None:
+        """(TCP state, bytes we sent that the peer has not acknowledged yet), or None."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+            outq = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except (OSError, ValueError):
+            return None
+        return info[0], struct.unpack("i", outq)[0] + self.writer.transport.get_write_buffer_size()
+
+    async def close_politely(self) -> None:
+        """Idle or shutting down: our closing tag, then the socket (XEP-0174 §end).
+        Stanzas the peer sends meanwhile are still read and dispatched."""
+        if not self.closing and not self.done.is_set():
+            self.closing = True
+            await self._send_quietly(CLOSE)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done.wait(), 2.0)
+        self.abort()
+
+    async def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), 10)
+
+    def write_when(self, stored: asyncio.Future, answer: bytes) -> None:
+        """Write `answer` once `stored` has succeeded (XEP-0184: a receipt says "it is
+        in the inbox", so only after fsync)."""
+        def write(fut: asyncio.Future) -> None:
+            if fut.cancelled() or fut.exception() is not None or self.done.is_set():
+                return
+            with contextlib.suppress(Exception):
+                self.writer.write(answer)
+        stored.add_done_callback(write)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()

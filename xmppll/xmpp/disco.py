@@ -1,0 +1,61 @@
+"""XEP-0030 service discovery: we answer disco#info with the identity and features
+our caps (XEP-0115) advertise, and ask peers theirs, remembering the answer per caps
+`ver` so that a peer is asked once, not once per message."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING, Any
+
+from xmppll.errors import XmpplError
+from xmppll.xmpp import stanza as st
+from xmppll.xmpp.caps import CAPS_NODE, FEATURES
+from xmppll.xmpp.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from xmppll.xmpp.connection import Connection
+
+QUERY_TIMEOUT = 2.0
+
+
+class Disco:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.known: dict[str, frozenset[str]] = {}  # caps ver -> features
+        dispatcher.on_iq("get", st.DISCO_INFO_NS, self._info)
+
+    async def _info(self, conn: Connection, element: ET.Element) -> ET.Element:
+        return st.disco_info_result(element, from_=self.dispatcher.me())
+
+    def cached(self, caps: dict[str, Any] | None) -> frozenset[str] | None:
+        """What a peer's caps say it supports, without asking: ours are known, a
+        hashed `ver` once someone with it answered; None when unknown."""
+        if not caps:
+            return None
+        if caps.get("node") == CAPS_NODE:
+            return frozenset(FEATURES)
+        return self.known.get(caps.get("ver") or "")
+
+    async def features(self, conn: Connection, caps: dict[str, Any] | None
+                       ) -> frozenset[str]:
+        """The peer's features, asked over `conn` when its caps carry a hash (real
+        XEP-0115); a peer without one (libpurple's `ver` is a version string and it
+        never answers IQs) gets the empty set rather than a timeout."""
+        known = self.cached(caps)
+        if known is not None:
+            return known
+        if not caps or not caps.get("hash") or not caps.get("ver"):
+            return frozenset()
+        query = ET.Element(f"{{{st.DISCO_INFO_NS}}}query",
+                           {"node": f"{caps.get('node')}#{caps['ver']}"})
+        iq = ET.Element("{jabber:client}iq", {"type": "get", "to": conn.peer or "",
+                                                "from": self.dispatcher.me()})
+        iq.append(query)
+        try:
+            reply = await self.dispatcher.request(conn, iq, QUERY_TIMEOUT)
+        except XmpplError:
+            return frozenset()
+        found = frozenset(
+            f.get("var", "") for f in reply.iter(f"{{{st.DISCO_INFO_NS}}}feature"))
+        self.known[caps["ver"]] = found
+        return found
