@@ -32,11 +32,13 @@ from peers.common import (
     package_versions,
 )
 from peers.finch import FINCH_READY, STATUS_PRIMITIVES, Finch, StaleHandle, missing_finch
+from peers.salut import SALUT_BINARY, Salut, SalutError, missing_salut
 from peers.sniffer import Sniffer, tcp_transcripts
 
 __all__ = [
     "ARTIFACTS", "AVAHI_READY", "DBUS_CALL_TIMEOUT", "FINCH_READY", "INSTALL_HINT",
-    "PUBLISH_READY", "STATUS_PRIMITIVES", "AvahiDaemon", "Bus", "Finch", "Sniffer",
-    "StaleHandle", "_terminate", "_wait", "avahi_unescape", "missing_avahi", "missing_finch",
-    "package_versions", "parse_browse_line", "tcp_transcripts",
+    "PUBLISH_READY", "SALUT_BINARY", "STATUS_PRIMITIVES", "AvahiDaemon", "Bus", "Finch",
+    "Salut", "SalutError", "Sniffer", "StaleHandle", "_terminate", "_wait",
+    "avahi_unescape", "missing_avahi", "missing_finch", "missing_salut", "package_versions",
+    "parse_browse_line", "tcp_transcripts",
 ]
