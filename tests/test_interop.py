@@ -50,7 +50,7 @@ from peers import (
     package_versions,
     tcp_transcripts,
 )
-from xmppll_side import Agent, listen, start_agent, stop_gently, wait_until, xmppll_json
+from xmppll_side import TRICKY, Agent, listen, start_agent, stop_gently, wait_until, xmppll_json
 
 from xmppll.stanza import to_json
 from xmppll.stream import Stanza, StreamClose, StreamOpen, StreamParser
@@ -356,9 +356,6 @@ def test_libpurple_sees_xmppll_presence(world: World) -> None:
 
 
 # --- scenario 4: xmppll send -> libpurple ---------------------------------------------------
-
-TRICKY = "a <b>x</b> & y; 'q' \"dq\" — ünïcødé ✓ 日本語 🦆"
-
 
 @pytest.mark.lan
 def test_send_to_libpurple_with_agent(world: World) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 
 from lan import Host, Lines
 
+# Markup characters, quotes and non-ASCII up to the astral plane: must arrive as the same text.
+TRICKY = "a <b>x</b> & y; 'q' \"dq\" — ünïcødé ✓ 日本語 🦆"
+
 
 @dataclass
 class Agent:
@@ -63,6 +66,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str,
 
 
 def listen(host: Host, *args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
+    """`xmppll listen --json ARGS` in the background: (process, stdout, stderr)."""
     proc = host.xmppll_popen("listen", "--json", *args, encoding="utf-8", errors="replace")
     return proc, Lines(proc.stdout), Lines(proc.stderr)
 
