@@ -216,14 +216,18 @@ def test_xmppll_status_seen_by_salut(world: World) -> None:
     def shows(status: str, message: str) -> Callable[[dict[str, Any]], bool]:
         return lambda p: p["status"] == status and p["message"] == message
 
+    t = time.monotonic()
     alice.wait_presence(name, shows("available", "Contrariwise"))
+    world.timings["salut sees the agent (from this test's start)"] = time.monotonic() - t
     try:
         t = time.monotonic()
         xmppll_json(h1, "status", "away", "--msg", "at lunch", "--json")
         alice.wait_presence(name, shows("away", "at lunch"))
         world.timings["xmppll away -> salut presence"] = time.monotonic() - t
+        t = time.monotonic()
         xmppll_json(h1, "status", "dnd", "--msg", "do not disturb", "--json")
         alice.wait_presence(name, shows("dnd", "do not disturb"))
+        world.timings["xmppll dnd -> salut presence"] = time.monotonic() - t
     finally:
         xmppll_json(h1, "status", "avail", "--msg", "Contrariwise", "--json")
     alice.wait_presence(name, shows("available", "Contrariwise"))

@@ -41,8 +41,10 @@ SALUT_HINT = ("telepathy-salut 0.8.1 from bullseye + python3-dbus python3-gi "
               "(tests/run.sh installs them as root)")
 SALUT_READY = 20.0  # seconds, start to Connected; measured about 1 s
 CALL_TIMEOUT = 15.0  # seconds per driver command (each D-Bus call inside has 10 s)
+# CHARSET: salut never calls setlocale(), so GLib would log non-ASCII text as "?";
+# g_get_charset() honours this variable.
 DEBUG_ENV = {"SALUT_DEBUG": "all", "WOCKY_DEBUG": "all", "GIBBER_DEBUG": "all",
-             "G_MESSAGES_DEBUG": "all"}
+             "G_MESSAGES_DEBUG": "all", "CHARSET": "UTF-8"}
 
 
 @functools.cache
