@@ -6,7 +6,7 @@
 One virtual LAN (tests/lan.py; needs root), one set of `--peers` names published by
 python-zeroconf from one process (tests/helpers/zc_peers.py), and on it:
 
-- h1 runs an avahi-daemon (tests/peers.py AvahiDaemon, its own system bus) and an
+- h1 runs an avahi-daemon (tests/peers/avahi.py AvahiDaemon, its own system bus) and an
   agent beside it, as a desktop would; there, round-robin: `xmppll browse --json`
   (answered from the agent's cache), `xmppll browse --no-agent --json` (a one-shot
   mDNS browse of its own), `avahi-browse -trp _presence._tcp` cold (no browser of
@@ -122,7 +122,7 @@ def run_bench(runs: int, n_peers: int) -> dict[str, Any]:
             from peers import AvahiDaemon
         except ImportError as exc:
             avahi = None
-            results["notes"].append(f"avahi rows skipped: tests/peers.py AvahiDaemon ({exc})")
+            results["notes"].append(f"avahi rows skipped: tests/peers/avahi.py AvahiDaemon ({exc})")
         else:
             # First, so that the agent finds it and shares the host (as on a desktop).
             avahi = AvahiDaemon(a)

@@ -4,7 +4,7 @@
     sudo .venv/bin/python bench/all.py [--quick] [--runs 7] [--idle 30] [--raw FILE]
 
 Side by side with avahi (avahi-daemon 0.8 in its own host on its own system bus,
-tests/peers.py AvahiDaemon) measured in the same run, on virtual LANs built here
+tests/peers/avahi.py AvahiDaemon) measured in the same run, on virtual LANs built here
 (tests/lan.py; needs root; nothing goes out on the machine's own network):
 
 - Discovery, for 1, 50 and 500 peers published by one python-zeroconf process

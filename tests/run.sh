@@ -2,8 +2,8 @@
 # The project's one test command: `sudo ./tests/run.sh [pytest args]`.
 #
 # From a fresh clone on Debian 12 it installs what the end-to-end tests need (real peers:
-# avahi, libpurple/finch; the virtual LAN: iproute2, namespaces) and a virtualenv, then
-# runs pytest. Repeated runs only check and go straight to pytest.
+# avahi, libpurple/finch, telepathy-salut from bullseye; the virtual LAN: iproute2,
+# namespaces) and a virtualenv, then runs pytest. Repeated runs only check and go straight to pytest.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +25,26 @@ missing_packages() {
     done
 }
 
+# Packages must not start services: a system-wide avahi-daemon would multicast on the real
+# network and own the mDNS port that the tests' namespaced daemons need. Callers run
+# no_service_starts first and services_may_start after (also on exit, by the trap).
+made_policy=
+no_service_starts() {
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+}
+services_may_start() {
+    if [[ $made_policy ]]; then
+        rm -f /usr/sbin/policy-rc.d
+        made_policy=
+        trap - EXIT
+    fi
+}
+
 install_packages() {
     command -v dpkg-query >/dev/null || { say "not a Debian system: install ${packages[*]} yourself"; return; }
     local missing
@@ -35,25 +55,69 @@ install_packages() {
         return
     fi
     say "installing ${missing[*]}"
-    # Packages must not start services: a system-wide avahi-daemon would multicast on the
-    # real network and own the mDNS port that the tests' namespaced daemons need.
-    local made_policy=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
+    no_service_starts
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
     if [[ " ${missing[*]} " == *" avahi-daemon "* && -d /run/systemd/system ]]; then
         systemctl disable --now avahi-daemon.socket avahi-daemon.service 2>/dev/null || true
     fi
-    if [[ $made_policy ]]; then
-        rm -f /usr/sbin/policy-rc.d
-        trap - EXIT
+    services_may_start
+}
+
+# telepathy-salut left Debian after bullseye; bullseye's build runs on bookworm with
+# bookworm's libraries (shared/reference/salut-facts.md). Its index is fetched into a
+# private apt state directory, so the system's sources and lists are never touched.
+salut_version=0.8.1-7
+salut_binary=/usr/lib/telepathy/telepathy-salut
+salut_state=/var/cache/xmppll-bullseye
+
+debian_mirror() {
+    # The main archive URI the system already uses (deb822 or one-line format), so the
+    # private index comes from the same (possibly local) mirror.
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
+        [[ $uri ]] && { echo "$uri"; return; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -r $f ]] || continue
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { if ($i !~ /security/) print $i; break } }' "$f" | head -n1)
+        [[ $uri ]] && { echo "$uri"; return; }
+    done
+    echo http://deb.debian.org/debian
+}
+
+install_salut() {
+    [[ -x $salut_binary ]] && return 0
+    command -v apt-get >/dev/null || { say "not a Debian system: install telepathy-salut yourself"; return; }
+    if ((EUID != 0)); then
+        say "missing telepathy-salut; run as root to install it (tests needing it will skip)"
+        return
     fi
+    local mirror private
+    mirror=$(debian_mirror)
+    say "installing telepathy-salut $salut_version from bullseye ($mirror)"
+    mkdir -p "$salut_state/lists/partial" "$salut_state/cache/archives/partial" "$salut_state/debs"
+    printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bullseye main\n' \
+        "$mirror" >"$salut_state/bullseye.list"
+    private=(-o "Dir::Etc::SourceList=$salut_state/bullseye.list"
+             -o Dir::Etc::SourceParts=/nonexistent
+             -o "Dir::State::Lists=$salut_state/lists"
+             -o "Dir::Cache=$salut_state/cache")
+    # apt downloads as the unprivileged _apt user, which must be able to write there.
+    chown _apt "$salut_state/debs" 2>/dev/null || true
+    apt-get "${private[@]}" update -qq
+    (cd "$salut_state/debs" && apt-get "${private[@]}" download -qq "telepathy-salut=$salut_version")
+    no_service_starts
+    export DEBIAN_FRONTEND=noninteractive
+    # Its dependencies come from the system's own (bookworm) index.
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        "$salut_state/debs/telepathy-salut_${salut_version}_$(dpkg --print-architecture).deb" python3-dbus python3-gi
+    services_may_start
+    [[ -x $salut_binary ]] || { say "telepathy-salut installed but $salut_binary is missing"; return 1; }
 }
 
 make_venv() {
@@ -79,6 +143,7 @@ make_venv() {
 exec 9>"${TMPDIR:-/tmp}/xmppll-tests-setup.$EUID.lock"
 flock 9
 install_packages
+install_salut
 make_venv
 flock -u 9
 exec 9>&-

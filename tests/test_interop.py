@@ -50,6 +50,7 @@ from peers import (
     package_versions,
     tcp_transcripts,
 )
+from xmppll_side import TRICKY, Agent, listen, start_agent, stop_gently, wait_until, xmppll_json
 
 from xmppll.xmpp.stanza import to_json
 from xmppll.xmpp.stream import Stanza, StreamClose, StreamOpen, StreamParser
@@ -67,26 +68,6 @@ JULIET_TXT = ["txtvers=1", "status=avail", "1st=Juliet", "last=Capulet", "msg=On
 
 
 # --- the module's LAN ----------------------------------------------------------------
-
-@dataclass
-class Agent:
-    """A running `xmppll announce` (or `listen` with its own agent)."""
-
-    host: Host
-    proc: subprocess.Popen[str]
-    out: Lines
-    err: Lines
-    event: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.event["name"]
-
-    def problems(self) -> list[str]:
-        """Warnings, errors or tracebacks the agent printed."""
-        return [line for line in self.err.lines
-                if any(w in line.lower() for w in ("warning", "error", "traceback"))]
-
 
 @dataclass
 class World:
@@ -132,33 +113,6 @@ class World:
         out = {h.ipv4: h.name for h in self.lan.hosts}
         out.update({h.ipv6_ll: h.name for h in self.lan.hosts if h.ipv6_ll})
         return out
-
-
-def start_agent(host: Host, *args: str, command: str = "announce") -> Agent:
-    """`xmppll announce ARGS` (JSON events on stdout), returned once announced."""
-    proc = host.xmppll_popen(command, *args, "--json", encoding="utf-8", errors="replace")
-    agent = Agent(host, proc, Lines(proc.stdout), Lines(proc.stderr))
-    agent.event = agent.out.wait_json(lambda r: r["event"] == "announced", 15)
-    return agent
-
-
-def xmppll_json(host: Host, *args: str, timeout: float = 30) -> list[dict[str, Any]]:
-    done = host.xmppll(*args, timeout=timeout)
-    assert done.returncode == 0, f"xmppll {' '.join(args)}: rc {done.returncode}\n{done.stderr}"
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -403,9 +357,6 @@ def test_libpurple_sees_xmppll_presence(world: World) -> None:
 
 # --- scenario 4: xmppll send -> libpurple ---------------------------------------------------
 
-TRICKY = "a <b>x</b> & y; 'q' \"dq\" — ünïcødé ✓ 日本語 🦆"
-
-
 @pytest.mark.lan
 def test_send_to_libpurple_with_agent(world: World) -> None:
     """`xmppll send` on h2, whose agent is announced: libpurple takes the message from
@@ -448,22 +399,6 @@ def test_send_to_libpurple_standalone(world: World) -> None:
 
 # --- scenario 5: libpurple -> xmppll listen -------------------------------------------------
 
-def _listen(host: Host, *args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
-    proc = host.xmppll_popen("listen", "--json", *args, encoding="utf-8", errors="replace")
-    return proc, Lines(proc.stdout), Lines(proc.stderr)
-
-
-def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
-    """SIGINT, as a user's ^C, by default: `listen` then withdraws the agent it started."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.mark.lan
 def test_libpurple_to_listen_over_ipv6(world: World) -> None:
     """libpurple connects over IPv6 link-local first; each message is one JSON line,
@@ -473,7 +408,7 @@ def test_libpurple_to_listen_over_ipv6(world: World) -> None:
     purple, h2 = world.purple(), world.h2
     name = world.agent2.name
     purple.wait_buddy_online(name)
-    proc, out, err = _listen(h2, "--backlog")
+    proc, out, err = listen(h2, "--backlog")
     try:
         first = f"v6 one {random.randrange(10**6)}: <b>not bold</b> & ü"
         purple.send_im(name, first)
@@ -508,7 +443,7 @@ def test_libpurple_to_listen_over_ipv6(world: World) -> None:
         for line in mine:
             assert "\n" not in line and json.loads(line)
     finally:
-        _stop(proc)
+        stop_gently(proc)
     assert not world.agent2.problems(), world.agent2.err.lines
     assert not [line for line in err.lines if "Traceback" in line], err.lines
 
@@ -518,7 +453,7 @@ def test_libpurple_to_listen_over_ipv4(world: World) -> None:
     """h4 has no IPv6: `xmppll listen` there runs its own agent, which publishes only an
     IPv4 address; libpurple connects over IPv4 and the message is verified."""
     purple, h4 = world.purple(), world.h4
-    proc, out, err = _listen(h4)
+    proc, out, err = listen(h4)
     try:
         err.wait_for("announced", 15)
         purple.wait_buddy_online("tester@h4")
@@ -532,7 +467,7 @@ def test_libpurple_to_listen_over_ipv4(world: World) -> None:
     finally:
         # SIGTERM, as from kill or a service manager: the agent that `listen` started
         # must still say goodbye, or libpurple shows a ghost for the records' TTL.
-        _stop(proc, signal.SIGTERM)
+        stop_gently(proc, signal.SIGTERM)
     purple.wait_buddy_offline("tester@h4", timeout=10)
     assert "withdrawn" in "\n".join(err.lines), err.lines
     assert not [line for line in err.lines if "Traceback" in line], err.lines
@@ -590,7 +525,7 @@ def test_libpurple_presence_in_browse_follow(world: World) -> None:
         world.timings["libpurple back online -> browse --follow added"] = time.monotonic() - t
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_gently(proc)
         if world.finch is not None and world.finch.alive() and not world.finch.connected():
             world.finch.set_status("available")
 
@@ -611,7 +546,7 @@ def test_transcripts_both_ways(world: World) -> None:
     done = h2.xmppll("send", purple.name, sent_out, timeout=30)
     assert done.returncode == 0, done.stderr
     purple.wait_received(lambda s, m: m == sent_out, 10)
-    proc, out, _err = _listen(h2, "--backlog")
+    proc, out, _err = listen(h2, "--backlog")
     try:
         for text in sent_in:
             purple.send_im(name, text)
@@ -619,7 +554,7 @@ def test_transcripts_both_ways(world: World) -> None:
         purple.close_conversation(name)
         time.sleep(0.3)
     finally:
-        _stop(proc)
+        stop_gently(proc)
 
     conns = _write_transcripts(world)
     outgoing = [c for c in conns if f"{marker} out".encode() in c["client_bytes"]]
