@@ -14,12 +14,21 @@ so the transient presence gets a link of its own, opened only then.
 
 What a peer sends us on the connection we opened is stored in our inbox like
 anything else: through the agent of our name if one runs, else directly.
+
+Several one-shot sends at once, with no agent: sends from one name to one peer take
+turns (a lock per pair in the runtime directory), because libpurple drops a buddy's
+previous connection when a new one arrives and salut closes a second one at once.
+Those that need a transient presence also take turns (a lock per name): two probes
+for one name at once would each see the other and give up. Sends to xmppll peers
+need neither. An agent does all of this better: one connection per peer, the name
+published once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -107,6 +116,7 @@ class OneShot:
         # The transient presence advertises a port we really listen on (nothing is
         # accepted from it during a send, but it is not someone else's port).
         self._listener: socket.socket | None = None
+        self._held: dict[str, int] = {}  # the locks this send holds
         me = options.me
         dispatcher = Dispatcher(HandoffStore(me), lambda: me)
         self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher)
@@ -130,6 +140,8 @@ class OneShot:
             await self.view.stop()
         if self._listener is not None:
             self._listener.close()
+        for fd in self._held.values():
+            os.close(fd)
         if self.responder is not None:
             await self.responder.async_close()
         await self.azc.async_close()
@@ -155,8 +167,37 @@ class OneShot:
         return [p["name"] for p in peers]
 
     async def before_dial(self, peer: PeerInfo, refused: bool) -> None:
+        await self._take_turn(peer.name)
         if refused or (peer.caps or {}).get("node") != CAPS_NODE:
             await self.publish_self()
+
+    async def _take_turn(self, peer: str) -> None:
+        """Wait until no other one-shot send from our name talks to `peer`."""
+        await self._hold(f"send\0{self.options.me}\0{peer}")
+
+    async def _hold(self, what: str) -> None:
+        """A lock of this host's one-shot sends, held until this send ends. After the
+        send timeout we go ahead anyway: a stuck process must not block every later
+        send."""
+        key = what.lower()
+        if key in self._held:
+            return
+        digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
+        directory = control.prepare_runtime_dir()
+        fd = os.open(directory / f"send-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._held[key] = fd
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if loop.time() >= deadline:
+                    log.warning("another send from %s has not finished: going ahead",
+                                self.options.me)
+                    return
+                await asyncio.sleep(0.02)
 
     async def publish_self(self) -> None:
         """A transient presence so that strict peers can resolve and accept us."""
@@ -168,6 +209,7 @@ class OneShot:
             self.sources = info["addresses"] or [a.address for a in local_addresses(
                 opts.interfaces)]
             return
+        await self._hold(f"presence\0{opts.me}")
         mine = local_addresses(opts.interfaces)
         label = identity.host_label()
         self.responder = await open_link(opts.interfaces)
@@ -179,8 +221,8 @@ class OneShot:
         txt = encode_txt(Presence(port=port, status="avail"))
         self.publisher = Publisher(self.responder, rename=False)
         log.info("publishing a transient presence for %s (port %d)", opts.me, port)
-        record = await self.publisher.publish(Record(opts.me, f"{label}.local.", port, txt, []),
-                                              host)
+        record = await self.publisher.publish(
+            Record(opts.me, f"{label}.local.", port, txt, []), host)
         self.sources = record.addresses or [a.address for a in mine]
 
 

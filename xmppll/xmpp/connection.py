@@ -126,9 +126,11 @@ class Connection:
         self.last_used = asyncio.get_running_loop().time()
         self.idle_handle: asyncio.TimerHandle | None = None
 
-    def __repr__(self) -> str:
-        side = "to" if self.initiator else "from"
-        return f"<Connection {side} {self.peer or '?'} {self.remote}>"
+    def __str__(self) -> str:
+        """How logs name it: `from 10.0.0.6:51234`, or `to juliet@capulet at ...`."""
+        if self.initiator:
+            return f"to {self.peer} at {self.remote}"
+        return f"from {self.remote}"
 
     @property
     def usable(self) -> bool:
@@ -140,16 +142,19 @@ class Connection:
 
     async def run(self, header_timeout: float) -> None:
         """Read the peer's stream until it ends; every stanza goes to the hub."""
+        # A stream we opened fails into the send that opened it, which says why; one
+        # we accepted has only the log to tell.
+        level = logging.INFO if self.initiator else logging.WARNING
         try:
             await self._read_loop(header_timeout)
         except StreamError as exc:
             self.failure = exc
-            log.warning("stream %s closed: %s", self, exc)
+            log.log(level, "stream %s closed: %s", self, exc)
             await self._send_quietly(stream_error("not-well-formed", str(exc)))
         except TimeoutError as exc:
             self.failure = exc
             what = "no stream header" if self.peer_header is None else "idle"
-            log.warning("stream %s closed: %s timeout", self, what)
+            log.log(level, "stream %s closed: %s timeout", self, what)
             await self._send_quietly(stream_error("connection-timeout"))
         except IOFailure as exc:
             self.failure = exc
