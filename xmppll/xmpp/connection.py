@@ -325,7 +325,7 @@ class Connection:
                                "were acknowledged")
 
     async def send(self, elements: list[ET.Element], timeout: float = 10.0) -> None:
-        if not self.usable:
+        if self.done.is_set() or self.closing:
             self.raise_if_failed()
             raise UnavailableError(f"the stream to {self.peer} is closing")
         data = "".join(serialize(el) for el in elements).encode()
