@@ -16,7 +16,8 @@ its sending side (the sender sees a FIN, as from a peer that is done) and is kil
 second later with the rest of the message unread. A sender that reports success after
 either has lied. With --read-all it reads everything up to the sender's closing tag,
 closes without sending its own and dies: an agent killed after reading a message and
-before storing it.
+before storing it. It then publishes xmppll's caps, as that agent would, so a sender
+waits for a receipt instead of a close, and it dies once the message is read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import time
 from lanpeer import SERVICE_TYPE, addresses, host_label, txt_rdata
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
+from xmppll.xmpp.caps import CAPS_NODE, caps_ver
+
 HEADER = (b"<?xml version='1.0' encoding='UTF-8'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 FEATURES = b"<stream:features/>"
@@ -37,9 +40,10 @@ FEATURES = b"<stream:features/>"
 OLD_HEADER = HEADER.replace(b"' version='1.0'>", b"'>")
 
 
-def txt(port: int) -> bytes:
+def txt(port: int, xmppll: bool) -> bytes:
+    caps = [b"node=" + CAPS_NODE.encode(), b"hash=sha-1", b"ver=" + caps_ver().encode()]
     return txt_rdata([b"txtvers=1", b"status=avail", f"port.p2pj={port}".encode(),
-                      b"1st=Dying", b"last=Peer"])
+                      b"1st=Dying", b"last=Peer", *(caps if xmppll else [])])
 
 
 def read_header(conn: socket.socket) -> bytes:
@@ -76,7 +80,7 @@ def main() -> None:
     port = server.getsockname()[1]
     zc = Zeroconf(ip_version=IPVersion.All)
     zc.register_service(ServiceInfo(
-        SERVICE_TYPE, f"{args.name}.{SERVICE_TYPE}", port=port, properties=txt(port),
+        SERVICE_TYPE, f"{args.name}.{SERVICE_TYPE}", port=port, properties=txt(port, args.read_all),
         server=f"{host_label()}.local.", parsed_addresses=addresses()),
         cooperating_responders=True)
     print(f"ready {port}", flush=True)
@@ -89,7 +93,7 @@ def main() -> None:
         conn.sendall(HEADER)
         conn.sendall(FEATURES)
     if args.read_all:
-        while b"</stream:stream>" not in rest[-64:]:
+        while not any(end in rest[-64:] for end in (b"</message>", b"</stream:stream>")):
             chunk = conn.recv(65536)
             if not chunk:
                 break

@@ -11,7 +11,12 @@ How delivery is known depends on the peer:
   share one stream, each delivered when its receipt comes back; a stream that breaks
   before the receipt is retried once on a fresh connection with the same id, and the
   receiver stores a repeat only once, so the retry cannot double the message;
-- it does not (libpurple): what is queued goes out on one stream that we then close,
+- it answers IQs (real XEP-0115 caps, with a `hash`: telepathy-salut): what is
+  queued goes out on its stream followed by a disco#info query, and it is delivered
+  when the answer comes, since a peer reads its stream in order. The stream stays
+  open: salut keeps one connection per contact, and does not close one it opened
+  when we send our closing tag;
+- neither (libpurple): what is queued goes out on one stream that we then close,
   and it is delivered when the peer closes after reading our closing tag.
 
 Retries: a connect that fails re-resolves the peer and tries once more (RFC 6762
@@ -62,10 +67,13 @@ class PeerInfo:
 Resolve = Callable[[str, float], Awaitable["PeerInfo | None"]]
 
 
+RECEIPT, QUERY, CLOSE = "receipt", "query", "close"  # how a delivery is known
+
+
 @dataclass
 class _Item:
     element: ET.Element
-    receipts: bool
+    mode: str
     deadline: float
     done: asyncio.Future
     retried: bool = False
@@ -113,6 +121,11 @@ class Delivery:
         known = self.disco.cached(peer.caps)
         return known is not None and st.RECEIPTS_NS in known
 
+    @staticmethod
+    def answers_queries(peer: PeerInfo) -> bool:
+        caps = peer.caps or {}
+        return bool(caps.get("hash") and caps.get("ver"))
+
     async def send(self, message: dict[str, Any], *, timeout: float, wait: float = 0.0,
                    receipt: bool = False) -> Sent:
         """Deliver one message (the Stanza JSON shape: `to` and `body` at least) as
@@ -122,8 +135,9 @@ class Delivery:
         receipts = receipt or self.speaks_receipts(peer)
         element = st.message_from_json({**message, "to": peer.name}, from_=self.hub.me(),
                                        receipt=receipts)
+        mode = RECEIPT if receipts else QUERY if self.answers_queries(peer) else CLOSE
         loop = asyncio.get_running_loop()
-        item = _Item(element, receipts, loop.time() + timeout, loop.create_future())
+        item = _Item(element, mode, loop.time() + timeout, loop.create_future())
         outbox = self.outboxes.get(peer.name.lower())
         if outbox is None:
             outbox = self.outboxes[peer.name.lower()] = _Outbox(self, peer)
@@ -204,13 +218,14 @@ class _Outbox:
 
     async def _work(self) -> None:
         while self.items:
-            if self.items[0].receipts:
+            mode = self.items[0].mode
+            if mode == RECEIPT:
                 await self._with_receipt(self.items.popleft())
                 continue
             batch: list[_Item] = []
-            while self.items and not self.items[0].receipts:
+            while self.items and self.items[0].mode == mode:
                 batch.append(self.items.popleft())
-            await self._closing(batch)
+            await self._batch(batch, mode)
 
     async def _with_receipt(self, item: _Item) -> None:
         """Write it on the peer's open stream and move on; its receipt is awaited on
@@ -268,16 +283,21 @@ class _Outbox:
         item.retried = True
         self.put(item, first=True)
 
-    async def _closing(self, batch: list[_Item]) -> None:
-        """Peers without receipts: one stream for what is queued, closed once; all
-        delivered when the peer closes after our closing tag."""
+    async def _batch(self, batch: list[_Item], mode: str) -> None:
+        """Peers without receipts: what is queued goes out on one stream, then a query
+        whose answer says all was read, or our closing tag and the peer's close."""
         deadline = min(item.deadline for item in batch)
         loop = asyncio.get_running_loop()
         try:
             conn = await self.delivery.connection(self.peer, deadline)
             await conn.send([item.element for item in batch])
-            await conn.finish(max(0.1, deadline - loop.time()),
-                              tag_expected=(self.peer.caps or {}).get("node") == CAPS_NODE)
+            if mode == QUERY:
+                await self.delivery.disco.ask(conn, self.peer.caps,
+                                              max(0.1, deadline - loop.time()))
+                self.delivery.keep(conn)
+            else:
+                await conn.finish(max(0.1, deadline - loop.time()),
+                                  tag_expected=(self.peer.caps or {}).get("node") == CAPS_NODE)
         except XmpplError as exc:
             self._fail(batch, exc)
             return

@@ -46,16 +46,24 @@ class Disco:
             return known
         if not caps or not caps.get("hash") or not caps.get("ver"):
             return frozenset()
-        query = ET.Element(f"{{{st.DISCO_INFO_NS}}}query",
-                           {"node": f"{caps.get('node')}#{caps['ver']}"})
-        iq = ET.Element("{jabber:client}iq", {"type": "get", "to": conn.peer or "",
-                                                "from": self.dispatcher.me()})
-        iq.append(query)
         try:
-            reply = await self.dispatcher.request(conn, iq, QUERY_TIMEOUT)
+            return await self.ask(conn, caps, QUERY_TIMEOUT)
         except XmpplError:
             return frozenset()
+
+    async def ask(self, conn: Connection, caps: dict[str, Any] | None,
+                  timeout: float) -> frozenset[str]:
+        """Ask the peer's disco#info over `conn` and wait for the answer (an error
+        answer too: either says the peer has read everything sent before it)."""
+        caps = caps or {}
+        attrs = {"node": f"{caps['node']}#{caps['ver']}"} if caps.get("node") and \
+            caps.get("ver") else {}
+        iq = ET.Element("{jabber:client}iq", {"type": "get", "to": conn.peer or "",
+                                                "from": self.dispatcher.me()})
+        ET.SubElement(iq, f"{{{st.DISCO_INFO_NS}}}query", attrs)
+        reply = await self.dispatcher.request(conn, iq, timeout)
         found = frozenset(
             f.get("var", "") for f in reply.iter(f"{{{st.DISCO_INFO_NS}}}feature"))
-        self.known[caps["ver"]] = found
+        if reply.get("type") == "result" and caps.get("ver"):
+            self.known[caps["ver"]] = found
         return found
