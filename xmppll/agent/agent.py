@@ -22,7 +22,14 @@ from typing import Any
 from xmppll import identity
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.inbox import Inbox, read_after
-from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
+from xmppll.discovery.mdns.link import (
+    LinkScopes,
+    local_addresses,
+    mdns_port_taken,
+    open_link,
+    record_ttls,
+)
+from xmppll.discovery.mdns.netfollow import NetFollower, drop_moved_stream
 from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
 from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
 from xmppll.discovery.presence import Presence, check_status, encode_txt
@@ -103,7 +110,8 @@ class Agent:
             # the goodbyes, not kill the process with the records left behind.
             self._install_signals()
             self.view = PeerView(azc.zeroconf, on_event=self._on_peer,
-                                 exclude={self.config.name})
+                                 exclude={self.config.name},
+                                 scopes=LinkScopes(self.config.interfaces or None))
             await self.view.start()
             self.inbox = Inbox(self.state)
             self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
@@ -120,8 +128,11 @@ class Agent:
                            "port": self.presence.port, "addresses": [a.address for a in mine]})
                 sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
             refresher = asyncio.ensure_future(self._refresh_loop())
+            follower = NetFollower(azc, self.config.interfaces, self.view, self.publisher)
+            follower.start()
             self.ready.set()
             await self.stop_event.wait()
+            follower.stop()
             refresher.cancel()
         finally:
             await self._shutdown(azc)
@@ -194,12 +205,15 @@ class Agent:
         if event["event"] == "renamed" and self.publisher and self.publisher.record:
             self._save_record(self.publisher.record)
             if self.view:
-                self.view.exclude_name(event["name"])
+                self.view.own_name(event["name"])
             asyncio.ensure_future(self.control.start(event["name"]))
+        if event["event"] == "addresses" and self.publisher and self.publisher.record:
+            self._save_record(self.publisher.record)
         if event["event"] == "withdrawn":
             self.stop_event.set()
 
     def _on_peer(self, event: dict[str, Any]) -> None:
+        drop_moved_stream(self.pool, event)
         for queue, writer in list(self.subscribers.items()):
             try:
                 queue.put_nowait(event)
@@ -210,8 +224,11 @@ class Agent:
                 writer.transport.abort()
 
     async def _refresh_loop(self) -> None:
+        # Peers' records are re-asked at 75 % of their TTL: short test TTLs need
+        # more frequent looks.
+        interval = min(REFRESH_INTERVAL, record_ttls().get("host_ttl", 120) / 4)
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
+            await asyncio.sleep(interval)
             if self.view:
                 self.view.refresh()
 
