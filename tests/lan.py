@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -35,6 +36,15 @@ _FE80_WAIT = 5.0  # seconds: DAD is off, so the address should appear at once
 _TERM_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at close
 
 _open_lans: set[Lan] = set()
+_UNSCOPED_FE80 = re.compile(r"\bfe80:[0-9a-f:]*(?![0-9a-f:%])", re.IGNORECASE)
+
+
+def assert_scoped(text: str, what: str = "browse output") -> None:
+    """No IPv6 link-local address without its `%interface`: nothing can connect to one,
+    so xmppll must never list it. Every browse run through Host.xmppll and
+    Host.xmppll_popen is checked with this."""
+    bad = _UNSCOPED_FE80.findall(text)
+    assert not bad, f"{what} lists link-local addresses without a scope: {bad}\n{text}"
 
 
 def ensure_user(name: str) -> int:
@@ -229,12 +239,20 @@ class Host:
         return proc
 
     def xmppll(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[Any]:
-        """Run `python -m xmppll ARGS` on this host (see `run` for keywords)."""
-        return self.run([sys.executable, "-m", "xmppll", *args], **kw)
+        """Run `python -m xmppll ARGS` on this host (see `run` for keywords). A browse's
+        output is checked for unscoped link-local addresses (assert_scoped)."""
+        done = self.run([sys.executable, "-m", "xmppll", *args], **kw)
+        if args and args[0] == "browse" and isinstance(done.stdout, str):
+            assert_scoped(done.stdout, f"{self.name}: xmppll {' '.join(args)}")
+        return done
 
     def xmppll_popen(self, *args: str, **kw: Any) -> subprocess.Popen[Any]:
-        """Start `python -m xmppll ARGS` on this host (see `popen` for keywords)."""
-        return self.popen([sys.executable, "-m", "xmppll", *args], **kw)
+        """Start `python -m xmppll ARGS` on this host (see `popen` for keywords). A
+        browse's output, read through Lines, is checked like `xmppll`'s."""
+        proc = self.popen([sys.executable, "-m", "xmppll", *args], **kw)
+        if args and args[0] == "browse" and proc.stdout is not None:
+            proc.stdout.xmppll_browse = True  # type: ignore[union-attr]
+        return proc
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.netns} {self.ipv4} {self.ipv6_ll}>"
@@ -468,6 +486,8 @@ class Lines:
         self.lines: list[str] = []
         self._next = 0
         self._eof = False
+        self._scoped = getattr(stream, "xmppll_browse", False)  # see Host.xmppll_popen
+        self.problems: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(
             target=self._read,
@@ -479,6 +499,11 @@ class Lines:
     def _read(self, stream: IO[str]) -> None:
         try:
             for line in stream:
+                if self._scoped:
+                    try:
+                        assert_scoped(line)
+                    except AssertionError as exc:
+                        self.problems.append(str(exc))
                 with self._cond:
                     self.lines.append(line.rstrip("\r\n"))
                     self._cond.notify_all()
@@ -535,6 +560,8 @@ class Lines:
         with self._cond:
             start = self._next
             while True:
+                if self.problems:
+                    raise AssertionError(self.problems[0])
                 for i in range(start, len(self.lines)):
                     found = test(self.lines[i])
                     if found is not None:

@@ -34,8 +34,10 @@ def txt_rdata(strings: list[str]) -> bytes:
 
 
 class Responder(dnswire.Responder):
-    def __init__(self, instance: str, port: int, msg: str, ptr_only: bool = False) -> None:
+    def __init__(self, instance: str, port: int, msg: str, ptr_only: bool = False,
+                 ipv4_only: bool = False) -> None:
         self.ptr_only = ptr_only
+        self.ipv4_only = ipv4_only
         label = socket.gethostname().split(".")[0]
         self.instance: Labels = (instance, *SERVICE)
         self.host: Labels = (label, "local")
@@ -67,7 +69,15 @@ class Responder(dnswire.Responder):
         return [message(self.everything(ttl_scale=scale))]
 
     # --- wire ------------------------------------------------------------------------
+    def multicast(self, packet: bytes) -> None:
+        if self.ipv4_only:  # every record, the AAAA too, arrives over IPv4: no scope
+            self.send(self.sock4, packet, (dnswire.GROUP4, PORT))
+        else:
+            super().multicast(packet)
+
     def answer(self, data: bytes, source: tuple, sock: socket.socket) -> None:
+        if self.ipv4_only and sock is self.sock6:
+            return
         answers: list[bytes] = []
         additionals: list[bytes] = []
         for raw_labels, qtype in questions(data):
@@ -106,8 +116,12 @@ def main() -> None:
     parser.add_argument("--ptr-only", action="store_true",
                         help="announce and answer the PTR alone, no additional records: "
                         "a browser must then ask for the SRV/TXT of the name itself")
+    parser.add_argument("--ipv4-only", action="store_true",
+                        help="send everything over IPv4 only (the AAAA included), as a "
+                        "V4-only stack does: receivers get fe80:: with no interface")
     args = parser.parse_args()
-    Responder(args.instance, args.port, args.msg, ptr_only=args.ptr_only).run()
+    Responder(args.instance, args.port, args.msg, ptr_only=args.ptr_only,
+              ipv4_only=args.ipv4_only).run()
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ class Agent:
             self.stop_event.set()
 
     def _on_peer(self, event: dict[str, Any]) -> None:
+        if self.hub is not None and event["event"] in ("updated", "removed"):
+            self.hub.peer_moved(event["name"], [] if event["event"] == "removed"
+                                else event["addresses"])
         for queue, writer in list(self.subscribers.items()):
             try:
                 queue.put_nowait(event)

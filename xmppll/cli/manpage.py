@@ -322,6 +322,8 @@ OTHER_ENV: list[Block] = [
     ("tp", "`USER`", "The user part of the default name."),
     ("tp", "`NOTIFY_SOCKET`", "Set by systemd for Type=notify services: the agent sends "
                               "READY=1 once announced and STOPPING=1 when it withdraws."),
+    ("tp", "`XMPPLL_MDNS_TTL`", "Seconds every published record lives, instead of "
+                               "120 s and 75 min (RFC 6762); for tests of expiry and sleep."),
     ("tp", "`_XMPPLL_COMPLETE`", "Set by the shell completion scripts; not for people."),
 ]
 
@@ -457,8 +459,12 @@ AGENT_EVENTS: list[tuple[str, str]] = [
     ("announced", "Published and defended: `name`, `host`, `addresses`, `port` and the "
                   "presence fields (`status`, `msg`, ...)."),
     ("renamed", "The name was taken: `from` is the name asked for, `name` the one "
-                "published."),
-    ("conflict", "The name is taken and `--no-rename` was given (the agent exits)."),
+                "published. Also after a sleep or a link coming back, when someone took "
+                "the name meanwhile (it is probed again, never fought for)."),
+    ("conflict", "The name `name` is taken (before `renamed`; with `--no-rename`, "
+                 "the agent exits)."),
+    ("addresses", "The host's addresses changed (DHCP, a link gone or back): `name` and "
+                  "the `addresses` now announced; the ones gone got a goodbye."),
     ("status", "The presence changed (`xmppll status`): `name` and the presence fields."),
     ("reloaded", "SIGHUP re-read the config file: `name` and the presence fields."),
     ("listening", "`listen --no-announce` serves `port` without publishing."),

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Protocol
 
-from xmppll.addresses import Address
+from xmppll.addresses import Address, advertises
 from xmppll.errors import IOFailure
 from xmppll.xmpp.connection import Connection, Remote
 from xmppll.xmpp.dial import Target, connect
@@ -102,6 +102,17 @@ class Hub:
         used, whichever side opened it."""
         conns = [c for c in self.by_peer.get(name.lower(), []) if c.usable]
         return max(conns, key=lambda c: c.last_used) if conns else None
+
+    def peer_moved(self, name: str, addresses: list[str]) -> None:
+        """A peer's addresses changed (or it left): a connection we dialled to an
+        address it no longer has leads nowhere, and the next message must open a new
+        one. Connections it opened to us stay: they are its own to close."""
+        for conn in list(self.by_peer.get(name.lower(), [])):
+            if conn.initiator and not advertises(addresses, (conn.remote.address,
+                                                             conn.remote.scope)):
+                log.info("closing the stream %s: no longer its address", conn)
+                self.forget(conn)
+                asyncio.ensure_future(conn.close_politely())
 
     def connections(self) -> list[Connection]:
         return [c for conns in self.by_peer.values() for c in conns]

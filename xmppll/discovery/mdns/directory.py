@@ -14,7 +14,14 @@ from typing import Any
 
 from xmppll import identity
 from xmppll.discovery.directory import OnEvent, Peer, Published
-from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
+from xmppll.discovery.mdns.link import (
+    LinkScopes,
+    local_addresses,
+    mdns_port_taken,
+    open_link,
+    record_ttls,
+)
+from xmppll.discovery.mdns.netfollow import NetFollower
 from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
 from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
 
@@ -42,15 +49,23 @@ class MdnsDirectory:
         self.publisher: Publisher | None = None
         self._shared = False
         self._refresher: asyncio.Task | None = None
+        self.follower: NetFollower | None = None
 
     async def start(self) -> None:
+        """Join the link and follow it: its peers, and this host's own interfaces and
+        addresses as they change (netfollow.py)."""
         self._shared = mdns_port_taken()
         self.azc = await open_link(self.interfaces)
-        self.view = PeerView(self.azc.zeroconf, on_event=self.on_peer, exclude=self.exclude)
+        self.view = PeerView(self.azc.zeroconf, on_event=self.on_peer, exclude=self.exclude,
+                             scopes=LinkScopes(self.interfaces))
         await self.view.start()
         self._refresher = asyncio.ensure_future(self._refresh_loop())
+        self.follower = NetFollower(self.azc, self.interfaces, self.view, None)
+        self.follower.start()
 
     async def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self._refresher is not None:
             self._refresher.cancel()
         if self.view is not None:
@@ -59,8 +74,11 @@ class MdnsDirectory:
             await self.azc.async_close()
 
     async def _refresh_loop(self) -> None:
+        # Peers' records are re-asked at 75 % of their TTL: short test TTLs
+        # (XMPPLL_MDNS_TTL) need more frequent looks.
+        interval = min(REFRESH_INTERVAL, record_ttls().get("host_ttl", 120) / 4)
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
+            await asyncio.sleep(interval)
             assert self.view is not None
             self.view.refresh()
 
@@ -93,16 +111,19 @@ class MdnsDirectory:
         record = await self.publisher.publish(Record(name, f"{label}.local.", port, txt, []),
                                               host)
         self._published(record)
+        if self.follower is not None:
+            self.follower.publisher = self.publisher
+            self.publisher.just_woke = self.follower.clock.asleep
         return Published(record.name, record.server.rstrip("."), record.port,
                          record.addresses)
 
     def _published(self, record: Record) -> None:
         assert self.view is not None
-        self.view.exclude_name(record.name)
+        self.view.own_name(record.name)
         self._save(record)
 
     def _on_publish(self, event: dict[str, Any]) -> None:
-        if event["event"] == "renamed" and self.record is not None:
+        if event["event"] in ("renamed", "addresses") and self.record is not None:
             self._published(self.record)
         self.on_event(event)
 

@@ -8,8 +8,10 @@ burst of announcements (zeroconf-facts.md §4).
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ SERVICE_TYPE = "_presence._tcp.local."
 TYPE_A, TYPE_PTR, TYPE_TXT, TYPE_AAAA, TYPE_SRV, TYPE_ANY = 1, 12, 16, 28, 33, 255
 CLASS_IN, CLASS_UNIQUE = 1, 0x8000
 RCVBUF_BYTES = 4 * 1024 * 1024
+TTL_ENV = "XMPPLL_MDNS_TTL"  # tests: every record we publish lives this many seconds
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
@@ -62,23 +65,38 @@ def local_addresses(interfaces: list[str] | None = None) -> list[LocalAddress]:
     return found
 
 
+def record_ttls() -> dict[str, int]:
+    """ServiceInfo TTL arguments: RFC 6762's 120 s / 75 min, or $XMPPLL_MDNS_TTL
+    seconds for all of them (tests of expiry and sleep use a few seconds)."""
+    value = os.environ.get(TTL_ENV, "")
+    if value.isdigit() and int(value) > 0:
+        return {"host_ttl": int(value), "other_ttl": int(value)}
+    return {}
+
+
 def zeroconf_interfaces(interfaces: list[str] | None) -> InterfaceChoice | list:
     """python-zeroconf's interface argument: IPv4 addresses, IPv6 interface indexes.
 
     Loopback is left out: multicast to ff02::fb over `lo` fails with a warning on every
     packet, and processes on one host still hear each other through multicast loop."""
-    choice: list[str | int] = []
     found = local_addresses(interfaces)
     if not found and not interfaces:
         return InterfaceChoice.All  # only loopback: still lets local processes meet
+    choice = interface_choice(found)
+    if not choice:
+        raise UsageError(f"interface {', '.join(interfaces or [])} has no IP address")
+    return choice
+
+
+def interface_choice(found: Iterable[LocalAddress]) -> list[str | int]:
+    """The explicit python-zeroconf interface list for these addresses."""
+    choice: list[str | int] = []
     for addr in found:
         if addr.is_ipv6:
             if addr.index not in choice:
                 choice.append(addr.index)
         else:
             choice.append(addr.address)
-    if not choice:
-        raise UsageError(f"interface {', '.join(interfaces)} has no IP address")
     return choice
 
 
@@ -115,6 +133,44 @@ def raise_receive_buffers(azc: AsyncZeroconf) -> None:
                 break
             except OSError:
                 continue
+
+
+class LinkScopes:
+    """Which of my interfaces an IPv6 link-local address without a scope is on.
+
+    An AAAA that arrived over IPv4 carries no interface (python-zeroconf scopes only
+    what arrives on an IPv6 socket), and fe80:: without one can never be connected to.
+    The interface is the one whose IPv4 subnet holds the same host's A record (the
+    records came over that link), else the only interface with IPv6 where there is
+    one; else it cannot be known, and `scope_for` says 0."""
+
+    def __init__(self, interfaces: list[str] | None = None) -> None:
+        self.interfaces = interfaces
+        self._nets: list[tuple[ipaddress.IPv4Network, int]] = []
+        self._v6: set[int] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        nets, v6 = [], set()
+        for adapter in ifaddr.get_adapters():
+            if self.interfaces and adapter.nice_name not in self.interfaces:
+                continue
+            for ip in adapter.ips:
+                if isinstance(ip.ip, tuple):
+                    if ipaddress.ip_address(ip.ip[0]).is_link_local:
+                        v6.add(adapter.index or 0)
+                elif not ipaddress.ip_address(ip.ip).is_loopback:
+                    net = ipaddress.ip_network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+                    nets.append((net, adapter.index or 0))
+        self._nets, self._v6 = nets, v6 - {0}
+
+    def scope_for(self, ipv4_of_host: Iterable[str]) -> int:
+        for text in ipv4_of_host:
+            addr = ipaddress.ip_address(text)
+            for net, index in self._nets:
+                if addr in net and index in self._v6:
+                    return index
+        return next(iter(self._v6)) if len(self._v6) == 1 else 0
 
 
 def format_address(packed: bytes, scope_id: int = 0) -> str:

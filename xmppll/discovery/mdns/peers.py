@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from xmppll.discovery.mdns.link import (
     TYPE_PTR,
     TYPE_SRV,
     TYPE_TXT,
+    LinkScopes,
     format_address,
     query_single_label,
 )
@@ -78,10 +80,12 @@ class PeerView(RecordUpdateListener):
         zc: Zeroconf,
         on_event: Callable[[Event], None] | None = None,
         exclude: set[str] | None = None,
+        scopes: LinkScopes | None = None,
     ) -> None:
         self.zc = zc
         self.on_event = on_event
         self.exclude = {name.lower() for name in exclude or ()}
+        self.scopes = scopes or LinkScopes()
         self.peers: dict[str, Event] = {}
         self.seen: set[str] = set()  # every instance a PTR was heard for
         self.changed = asyncio.Event()
@@ -118,6 +122,25 @@ class PeerView(RecordUpdateListener):
     def exclude_name(self, name: str) -> None:
         self.exclude.add(name.lower())
         self._dirty.add(_full(name).lower())
+        self.async_update_records_complete()
+
+    def own_name(self, name: str) -> None:
+        """Our name is now `name` (renamed): a name we gave up is someone else's, and
+        they are listed like any peer."""
+        for old in self.exclude - {name.lower()}:
+            self._dirty.add(_full(old))
+        self.exclude = set()
+        self.exclude_name(name)
+
+    def recheck(self) -> None:
+        """After a sleep or a link change: ask the link for everyone again (not
+        listing what we know, which may all be stale), and drop what no longer
+        resolves from the cache."""
+        self.query_ptr(known_answers=False)
+        now = current_time_millis()
+        for key, peer in list(self.peers.items()):
+            self._ask(_full(peer["name"]), now, force=True)
+            self._dirty.add(key)
         self.async_update_records_complete()
 
     # python-zeroconf's listener interface: called in the event loop, must not block.
@@ -204,13 +227,20 @@ class PeerView(RecordUpdateListener):
         server = srv.server_key
         self._by_server.setdefault(server, set()).add(full.lower())
         hosts = cache.async_entries_with_name(server)
-        addrs: list[DNSAddress] = _alive(hosts, TYPE_AAAA, now) + _alive(hosts, TYPE_A, now)
-        if not addrs:
+        addrs: list[DNSAddress] = (_fresh(_alive(hosts, TYPE_AAAA, now))
+                                   + _fresh(_alive(hosts, TYPE_A, now)))
+        ipv4 = [str(ipaddress.ip_address(a.address)) for a in addrs if len(a.address) == 4]
+        found = set()
+        for a in addrs:
+            scope = a.scope_id or 0
+            if not scope and a.address[0] == 0xFE and a.address[1] & 0xC0 == 0x80:
+                scope = self.scopes.scope_for(ipv4)
+                if not scope:
+                    continue  # never list fe80:: that nothing can connect to
+            found.add(format_address(a.address, scope))
+        if not found:
             return None
-        addresses = sorted(
-            {format_address(a.address, a.scope_id or 0) for a in addrs},
-            key=lambda a: (":" not in a, a),
-        )
+        addresses = sorted(found, key=lambda a: (":" not in a, a))
         return {
             "name": instance_of(full),
             "host": srv.server.rstrip("."),
@@ -327,6 +357,14 @@ def _current(records: list) -> Any:
     old TXT looks newer than the TXT that flushed it (seen as an `updated` back to the
     previous status during quick status changes)."""
     return max(records, key=lambda r: (r.ttl > 1, r.created))
+
+
+def _fresh(addrs: list) -> list:
+    """Addresses without the ones a cache-flush record replaced: python-zeroconf keeps
+    those one more second with TTL 1 (RFC 6762 §10.2), and a peer that moved must be
+    tried at its new address at once, not after a connect to the old one fails."""
+    current = [a for a in addrs if a.ttl > 1]
+    return current or addrs
 
 
 def _unscoped(peer: Event) -> bool:

@@ -38,10 +38,12 @@ from xmppll.discovery.mdns.link import (
     TYPE_ANY,
     TYPE_SRV,
     LocalAddress,
+    record_ttls,
 )
 from xmppll.errors import UnavailableError
 
 PROBE_INTERVAL = 0.25
+_RESPONSE = 0x8400  # QR + AA: an unsolicited authoritative answer
 log = logging.getLogger("xmppll")
 MAX_RENAMES = 20
 
@@ -74,6 +76,7 @@ class Record:
             properties=self.txt,
             server=self.server,
             parsed_addresses=self.addresses,
+            **record_ttls(),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -179,6 +182,13 @@ class Publisher:
         self._watch: _NameWatch | None = None
         self._defender: asyncio.Task | None = None
         self._announcing: Awaitable | None = None
+        # Whether we publish the host's A/AAAA (False: another responder does).
+        self.owns_host = False
+        self._yielding = False
+        self._held = False
+        # Set by whoever watches the clock: True just after a sleep, when a name
+        # conflict means someone took the name while we were away, not a tie.
+        self.just_woke: Callable[[], bool] = lambda: False
 
     async def publish(
         self, record: Record, host: Awaitable[tuple[str, list[str]]] | None = None
@@ -244,6 +254,7 @@ class Publisher:
             info, cooperating_responders=True
         )
         self.record, self._info = record, info
+        self.owns_host = bool(record.addresses)
         log.info("registered %s (SRV %s port %d, %s)", record.name, record.server,
                  record.port, ", ".join(record.addresses) or "addresses from the host's "
                  "own responder")
@@ -263,13 +274,20 @@ class Publisher:
             theirs = self._watch.conflict
             assert theirs is not None
             ours = (self.record.server.lower(), self.record.port)
-            if ours > (theirs.server_key, theirs.port):
+            if ours > (theirs.server_key, theirs.port) and not self.just_woke():
                 await self.azc.async_update_service(self._info)
                 continue
             await self._yield_name()
             return
 
     async def _yield_name(self) -> None:
+        self._yielding = True
+        try:
+            await self._give_up_name()
+        finally:
+            self._yielding = False
+
+    async def _give_up_name(self) -> None:
         old = self.record
         assert old is not None and self._info is not None and self._watch is not None
         self.zc.async_remove_listener(self._watch)
@@ -286,6 +304,79 @@ class Publisher:
         if new.name == old.name:
             return
         self.on_event({"event": "renamed", "from": old.name, "name": new.name})
+
+    async def update_addresses(self, addresses: list[str]) -> bool:
+        """Our host's addresses changed (DHCP, a link gone or back): goodbyes for
+        the ones gone, so peers drop them now, and the new set announced with the
+        cache-flush bit (RFC 6762 §8.4, §10.2). Nothing when another responder owns
+        the address records (it follows the addresses itself). True if anything
+        was sent."""
+        old = self.record
+        if old is None or self._info is None or not self.owns_host:
+            return False
+        if sorted(addresses) == sorted(old.addresses):
+            return False
+        gone = [a for a in old.addresses if a not in addresses]
+        if gone:
+            out = DNSOutgoing(_RESPONSE)
+            for record in Record(old.name, old.server, old.port, old.txt,
+                                 gone).info().dns_addresses(override_ttl=0):
+                out.add_answer_at_time(record, 0)
+            self.zc.async_send(out)
+        self.record = Record(old.name, old.server, old.port, old.txt, list(addresses))
+        self._info = self.record.info()
+        log.info("addresses of %s now %s (gone: %s)", old.server,
+                 ", ".join(addresses) or "none", ", ".join(gone) or "none")
+        self.on_event({"event": "addresses", "name": old.name,
+                       "addresses": list(addresses)})
+        if not self._held:  # else reprobe() announces them
+            await self.azc.async_update_service(self._info)
+        return True
+
+    def hold(self) -> None:
+        """Stop answering for the name, silently, until `reprobe` has decided whether
+        it is still ours: after a sleep python-zeroconf would otherwise re-announce it
+        on the first fresh socket, fighting whoever took it meanwhile."""
+        if self._info is not None and not self._held:
+            self.zc.registry.async_remove(self._info)
+            self._held = True
+
+    async def reprobe(self) -> None:
+        """RFC 6762 §8 after a sleep or a link coming back: someone may have taken
+        the name meanwhile. Probe again; if it is taken, give it up silently (no
+        goodbye: it would remove the new owner from caches) and rename, else
+        announce again."""
+        old = self.record
+        if old is None or self._info is None or self._watch is None or self._yielding:
+            self._release()
+            return
+        if self._defender is not None:
+            self._defender.cancel()
+            self._defender = None
+        self.hold()
+        if not await self._probe(old):
+            self._release()
+            self._watch.event.clear()
+            self._defender = asyncio.ensure_future(self._defend())
+            log.info("%s is still ours: announcing it again", old.name)
+            await self.azc.async_update_service(self._info)
+            return
+        self._held = False
+        self.zc.async_remove_listener(self._watch)
+        self.on_event({"event": "conflict", "name": old.name})
+        if not self.rename:
+            self.record = self._info = None
+            self.on_event({"event": "withdrawn", "name": old.name,
+                           "reason": "name taken by another peer (--no-rename)"})
+            return
+        new = await self.publish(Record(renamed(old.name, 2), old.server, old.port, old.txt,
+                                        old.addresses))
+        self.on_event({"event": "renamed", "from": old.name, "name": new.name})
+
+    def _release(self) -> None:
+        if self._held and self._info is not None:
+            self.zc.registry.async_add(self._info)
+        self._held = False
 
     async def update_txt(self, txt: bytes) -> None:
         """A presence change: the TXT is re-announced in place, never goodbye + re-add
