@@ -55,6 +55,7 @@ class AgentConfig:
     verify: str = "mark"
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
+    wide: Any = None  # WideAreaSettings: also publish and browse DNS-SD domains (issue 12)
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -80,6 +81,7 @@ class Agent:
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
         self.control = ControlServer(self)
+        self.wide: Any = None  # WideAreaDirectory beside mDNS (until Directories lands)
 
     @property
     def name(self) -> str:
@@ -105,6 +107,7 @@ class Agent:
             self.view = PeerView(azc.zeroconf, on_event=self._on_peer,
                                  exclude={self.config.name})
             await self.view.start()
+            await self._start_wide()
             self.inbox = Inbox(self.state)
             self.incoming = IncomingServer(name=lambda: self.name, inbox=self.inbox,
                                            lookup=self._lookup, owners=self._owners,
@@ -136,31 +139,35 @@ class Agent:
         )
         assert self.view is not None
         self.view.exclude_name(record.name)
+        wide = await self._publish_wide(record.name)
         await self.control.start(record.name)
         self._save_record(record)
         self.emit({"event": "announced", "name": record.name,
                    "host": record.server.rstrip("."), "addresses": record.addresses,
-                   "port": record.port, **self._presence_json()})
+                   "port": record.port, **self._presence_json(), **wide})
         sd_notify(f"READY=1\nSTATUS=announced {record.name} on port {record.port}")
 
     async def _lookup(self, name: str, wait: bool) -> list[str] | None:
         """The addresses `name` advertises, asking the link when it is not cached yet
         (a sender that published itself a moment ago)."""
         assert self.view is not None
+        if (found := await self._wide_peer(name, 0)) is not None:
+            return found["addresses"]
         peer = await wait_for_peer(self.view, name, LOOKUP_WAIT if wait else 0)
         return peer["addresses"] if peer else None
 
     def _addresses_of(self, name: str) -> list[str]:
         assert self.view is not None
         peer = self.view.find(name)
-        return peer["addresses"] if peer else []
+        wide = self.wide.find(name) if self.wide else None
+        return (peer["addresses"] if peer else []) + (wide.addresses if wide else [])
 
     def _owners(self, address: str, scope: str | None) -> list[str]:
         assert self.view is not None
         return [
             peer["name"] for peer in self.view.peers.values()
             if any(same_address(normalize(a), (address, scope)) for a in peer["addresses"])
-        ]
+        ] + (self.wide.owners((address, scope)) if self.wide else [])
 
     def _take_lock(self) -> None:
         """One agent per name: a second one refuses with a clear error; the lock dies
@@ -249,6 +256,7 @@ class Agent:
             await self.incoming.close()
         if self.view:
             await self.view.stop()
+        await self._stop_wide()
         if self.publisher and self.publisher.record:
             name = self.publisher.record.name
             await self.publisher.withdraw()
@@ -290,10 +298,11 @@ class Agent:
             raise
         if self.publisher is not None and self.publisher.record is not None:
             await self.publisher.update_txt(txt)
+        await self._update_wide(txt)
 
     async def op_peers(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        peers = sorted(self.view.peers.values(), key=lambda p: p["name"].lower()) \
-            if self.view else []
+        peers = sorted([*self.view.peers.values(), *self._wide_peers()],
+                       key=lambda p: p["name"].lower()) if self.view else []
         await reply(writer, {"ok": True, "peers": peers})
 
     async def op_follow(self, req: dict, writer: asyncio.StreamWriter) -> None:
@@ -303,7 +312,7 @@ class Agent:
         self.subscribers[queue] = writer
         try:
             await reply(writer, {"ok": True})
-            for peer in list(self.view.peers.values()) if self.view else []:
+            for peer in [*self.view.peers.values(), *self._wide_peers()] if self.view else []:
                 queue.put_nowait({"event": "added", **peer})
             while True:
                 event = await queue.get()
@@ -352,6 +361,8 @@ class Agent:
         except ConnectFailed:
             assert self.view is not None
             self.view.ask(peer["name"])
+            if self.wide:
+                self.wide.stale(peer["name"])
             peer = await self._resolve(message["to"], 1.0)
             await self._deliver(peer, element, timeout, reuse)
         await reply(writer, {"ok": True, "id": element.get("id"), "to": peer["name"],
@@ -359,7 +370,8 @@ class Agent:
 
     async def _resolve(self, name: str, wait: float) -> dict[str, Any]:
         assert self.view is not None
-        peer = await wait_for_peer(self.view, name, max(wait, 1.5))
+        peer = self.view.find(name) or await self._wide_peer(name, 0) or \
+            await wait_for_peer(self.view, name, max(wait, 1.5))
         if peer is None:
             raise NoPeerError(f"no peer named {name} on the link")
         return peer
@@ -368,8 +380,53 @@ class Agent:
                        reuse: bool) -> None:
         rec = self.publisher.record if self.publisher else None
         target = Target(peer["name"], peer["addresses"], peer["port"])
+        # A wide-area peer may be behind routers: the route picks the source address
+        # (the one our DNS records list), not one of our link's.
+        sources = rec.addresses if rec and not peer.get("domain") else None
         await self.pool.send(target, element, me=self.name, timeout=timeout,
-                             sources=rec.addresses if rec else None, receipts=reuse)
+                             sources=sources, receipts=reuse)
+
+    # -- wide-area DNS-SD (issue 12): a second directory beside mDNS. Kept together here
+    # so that the merge with the Directories refactor replaces this block only.
+    async def _start_wide(self) -> None:
+        if self.config.wide is None:
+            return
+        from xmppll.discovery.widearea.directory import WideAreaDirectory
+
+        self.wide = WideAreaDirectory(self.config.wide, state=self.state,
+                                      on_peer=self._on_peer, on_event=self.emit,
+                                      exclude={self.config.name})
+        await self.wide.start()
+
+    async def _publish_wide(self, name: str) -> dict[str, Any]:
+        if self.wide is None:
+            return {}
+        published = await self.wide.publish(name, self.presence.port, self.txt(),
+                                            rename=False)
+        return {"domains": list(self.config.wide.domains), "dns_host": published.host,
+                "dns_addresses": published.addresses}
+
+    async def _update_wide(self, txt: bytes) -> None:
+        if self.wide is None:
+            return
+        try:
+            await self.wide.update(txt)
+        except XmpplError as exc:  # the link has it; the heartbeat retries the DNS
+            log.warning("status not updated in DNS: %s", exc)
+
+    async def _stop_wide(self) -> None:
+        if self.wide is not None:
+            await self.wide.withdraw()
+            await self.wide.close()
+
+    def _wide_peers(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in self.wide.peers()] if self.wide else []
+
+    async def _wide_peer(self, name: str, wait: float) -> dict[str, Any] | None:
+        if self.wide is None:
+            return None
+        peer = await self.wide.resolve(name, wait)
+        return peer.to_json() if peer else None
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})

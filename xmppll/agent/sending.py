@@ -33,6 +33,7 @@ class Options:
     wait: float
     receipt: bool
     interfaces: list[str] | None
+    wide: Any = None  # WideAreaSettings: resolve in these DNS-SD domains first
 
 
 class Link:
@@ -52,6 +53,7 @@ class Link:
         self.view: PeerView | None = None
         self.publisher: Publisher | None = None
         self.sources: list[str] | None = None
+        self.routed: set[str] = set()  # wide-area targets: the route picks our source
         # The transient presence advertises a port we really listen on (nothing is
         # accepted from it during a send, but it is not someone else's port).
         self._listener: socket.socket | None = None
@@ -78,6 +80,15 @@ class Link:
     async def resolve(self, name: str) -> Target:
         """The peer's SRV port and addresses; waits up to --wait for it to appear."""
         assert self.view is not None
+        if self.options.wide is not None:
+            from xmppll.discovery.widearea import oneshot as wide_oneshot
+
+            found = await asyncio.to_thread(wide_oneshot.resolve, self.options.wide, name)
+            if found is not None:
+                log.info("resolved %s in %s: %s port %s", name, found.domain,
+                         ", ".join(found.addresses), found.port)
+                self.routed.add(found.name)
+                return Target(found.name, found.addresses, found.port)
         self.view.query_ptr(known_answers=False)
         peer = await wait_for_peer(self.view, name, max(self.options.wait, RESOLVE_TIMEOUT))
         if peer is None:
@@ -128,8 +139,9 @@ async def send_one(link: Link, target: Target, record: dict[str, Any]) -> str:
     rejected = False
     while True:
         try:
+            sources = None if target.name in link.routed else link.sources
             await deliver(target, [element], me=opts.me, timeout=max(0.2, deadline - loop.time()),
-                          sources=link.sources, receipt_ids=receipts)
+                          sources=sources, receipt_ids=receipts)
             log.info("delivered %s to %s", msg_id, target.name)
             return msg_id or ""
         except Rejected:

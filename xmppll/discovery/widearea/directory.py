@@ -197,7 +197,11 @@ class WideAreaDirectory:
             self.published["domains"][domain] = {
                 "server": str(server), "host": host.to_text(),
                 "own_host": own_host}
-        await self._send_all(txt)
+        try:
+            await self._send_all(txt)
+        except XmpplError:
+            self.published = None  # nothing of ours is out there to withdraw
+            raise
         self.exclude.add(name.lower())
         for key in [k for k in self.known if k[1] == name.lower()]:
             self.known.pop(key)
