@@ -296,3 +296,46 @@ def test_reflector_carries_xmppll_and_finch_both_ways(world: World) -> None:
         listen.send_signal(signal.SIGINT)
         listen.wait(10)
         finch.stop()
+
+
+# --- without a network: the key file and the refresh time --------------------------------
+
+KEY = 'key "xmppll-key" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";\n};\n'
+
+
+def test_key_file_is_read_and_an_exposed_one_refused(tmp_path: Path) -> None:
+    from xmppll.discovery.widearea.config import load_key
+    from xmppll.errors import ConfigError
+
+    path = tmp_path / "tsig.key"
+    path.write_text(KEY)
+    path.chmod(0o600)
+    key = load_key(path)
+    assert (key.name, key.algorithm, key.secret) == ("xmppll-key", "hmac-sha256",
+                                                     b"secret-secret-secret")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as err:
+        load_key(path)
+    assert err.value.exit_code == 78
+    path.chmod(0o600)
+    path.write_text(KEY.replace("secret ", "sekret "))
+    with pytest.raises(ConfigError, match="secret"):
+        load_key(path)
+
+
+def test_refresh_time_drops_dead_publishers_only() -> None:
+    import dns.name
+
+    from xmppll.discovery.presence import Presence, encode_txt
+    from xmppll.discovery.widearea.records import instance_name, make_peer, with_seen
+
+    txt = with_seen(encode_txt(Presence(port=5298)), refresh=60, now=1000)
+    instance = instance_name("juliet@capulet", ZONE)
+    assert instance.labels[0] == b"juliet@capulet"
+    host = dns.name.from_text(f"capulet.{ZONE}")
+    fresh = make_peer(instance, ZONE, host, 5298, txt, ["192.0.2.1"], ttl=5, now=1170)
+    assert fresh is not None and "x-xmppll-seen" not in fresh.fields["txt"]
+    assert fresh.to_json()["domain"] == ZONE
+    assert make_peer(instance, ZONE, host, 5298, txt, [], ttl=5, now=1181) is None
+    plain = encode_txt(Presence(port=5298))  # another tool's record: never too old
+    assert make_peer(instance, ZONE, host, 5298, plain, [], ttl=5, now=10**10) is not None
