@@ -111,7 +111,7 @@ class Host:
 
     def __init__(self, lan: Lan, index: int) -> None:
         self.lan = lan
-        self.name = f"h{index}"
+        self.name = f"{lan.prefix}{index}"
         self.netns = f"xl{lan.runid}-{self.name}"
         self.ifname = IFNAME
         self.ipv4 = f"10.77.{lan.subnet}.{index}"
@@ -266,9 +266,12 @@ class Lan:
     interpreter exit).
     """
 
-    def __init__(self, n_hosts: int = 3, *, user: str = "tester", tmp: Path | None = None) -> None:
+    def __init__(self, n_hosts: int = 3, *, user: str = "tester", tmp: Path | None = None,
+                 prefix: str = "h", subnet: int | None = None) -> None:
         self.runid = secrets.token_hex(3)
-        self.subnet = random.randrange(1, 255)
+        # `prefix` names the hosts (h1, h2...): LANs joined by a router need distinct names.
+        self.prefix = prefix
+        self.subnet = subnet or random.randrange(1, 254)
         self.user = user
         self.bridge_netns = f"xl{self.runid}-br"
         self.hosts: list[Host] = []

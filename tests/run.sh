@@ -13,6 +13,7 @@ packages=(
     iproute2 iputils-ping procps util-linux hostname passwd
     avahi-daemon avahi-utils finch libpurple-bin dbus tmux nftables jq groff-base man-db
     make systemd
+    bind9 bind9-utils bind9-dnsutils
     python3 python3-venv
 )
 
@@ -61,6 +62,11 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
     if [[ " ${missing[*]} " == *" avahi-daemon "* && -d /run/systemd/system ]]; then
         systemctl disable --now avahi-daemon.socket avahi-daemon.service 2>/dev/null || true
+    fi
+    # bind9 likewise: the wide-area tests run named inside a namespace of their own, and a
+    # system named would answer on the real network (policy-rc.d keeps it from starting).
+    if [[ " ${missing[*]} " == *" bind9 "* && -d /run/systemd/system ]]; then
+        systemctl disable --now named.service 2>/dev/null || true
     fi
     services_may_start
 }

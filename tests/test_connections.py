@@ -67,7 +67,7 @@ class Side:
         self.disco = Disco(self.dispatcher)
         self.hub = Hub(me=lambda: name, peers=names, dispatcher=self.dispatcher)
         self.delivery = Delivery(self.hub, self.receipts, self.disco, Hooks(
-            resolve=names.resolve, stale=lambda name: None, sources=lambda: None,
+            resolve=names.resolve, stale=lambda name: None, sources=lambda peer: None,
             idle=5.0))
         self.socks = bind_port(0, given=False)
         self.port = self.socks[0].getsockname()[1]

@@ -49,6 +49,14 @@ class ProtocolFailure(XmpplError):
     exit_code = 76  # EX_PROTOCOL
 
 
+class PermissionFailure(XmpplError):
+    exit_code = 77  # EX_NOPERM: a DNS server refused our UPDATE
+
+
+class ConfigError(XmpplError):
+    exit_code = 78  # EX_CONFIG: a TSIG key file that is unreadable, malformed or exposed
+
+
 def at_line(exc: XmpplError, lineno: int, sent: int) -> XmpplError:
     """The same failure, saying which input line it was and what went out before it
     (a script must know whether to resend the earlier lines)."""
@@ -81,10 +89,15 @@ EXIT_CODES: dict[int, str] = {
     64: "usage error: bad option, argument or status word",
     65: "bad input data: invalid name, TXT value, JSON line or message",
     68: "no such peer on the link",
-    69: "unavailable: peer refused the stream, or no agent is running",
+    69: "unavailable: peer refused the stream, no agent is running, or the DNS server "
+        "cannot be reached",
     70: "internal software error reported by the agent",
     74: "I/O error: socket, disk or closed output pipe",
-    75: "timeout: the peer or the link did not answer in time",
+    75: "timeout: the peer, the link or the DNS server did not answer in time",
     76: "protocol error: the peer broke the XML stream protocol",
+    77: "permission denied: the DNS server refused the update (unsigned, wrong key, "
+        "or the key may not update that zone)",
+    78: "configuration error: the TSIG key file is unreadable, malformed or readable "
+        "by others",
     130: "interrupted (Ctrl-C)",
 }

@@ -49,15 +49,17 @@ enable-dbus=yes
 ratelimit-interval-usec=1000000
 ratelimit-burst=1000
 
+{browse_domains}
 [wide-area]
-enable-wide-area=no
+enable-wide-area={wide}
 
 [publish]
 publish-hinfo=no
 publish-workstation=no
 
 [reflector]
-enable-reflector=no
+enable-reflector={reflect}
+reflect-ipv=no
 """
 
 _AVAHI_ESCAPE = re.compile(r"\\(\d{3}|.)")
@@ -101,8 +103,16 @@ def parse_browse_line(line: str) -> dict[str, Any] | None:
 class AvahiDaemon:
     """avahi-daemon for one host, on its own private system bus."""
 
-    def __init__(self, host: Host, *, start: bool = True) -> None:
+    def __init__(self, host: Host, *, start: bool = True, reflect: bool = False,
+                 wide_area: str | None = None, resolv_conf: Path | None = None) -> None:
+        """`reflect`: an mDNS reflector between the host's interfaces (a router);
+        `wide_area`: also browse that DNS-SD domain over unicast DNS, asking the server
+        of `resolv_conf` (avahi reads only /etc/resolv.conf: it is bind-mounted over
+        it in the daemon's own mount namespace)."""
         self.host = host
+        self.reflect = reflect
+        self.wide_area = wide_area
+        self.resolv_conf = resolv_conf
         self.dir = host.home / "avahi"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "avahi-daemon.conf"
@@ -126,14 +136,19 @@ class AvahiDaemon:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        self.conf.write_text(_AVAHI_CONFIG.format(host=self.host.name, ifname=self.host.ifname))
+        self.conf.write_text(_AVAHI_CONFIG.format(
+            host=self.host.name, ifname=self.host.ifname,
+            browse_domains=f"browse-domains={self.wide_area}" if self.wide_area else "",
+            wide="yes" if self.wide_area else "no", reflect="yes" if self.reflect else "no"))
         self.bus = Bus(self.host, "system", self.dir)
         # `ip netns exec` gives every command a private (slave) mount namespace, so this
         # tmpfs hides the pid file and socket from every other host's daemon. mkdir -p
         # only makes sure the mount point exists (avahi's package leaves it to systemd).
         script = (
             "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon && "
-            'exec avahi-daemon -f "$0" --no-drop-root --no-chroot --no-rlimits'
+            + (f"mount --bind '{self.resolv_conf}' /etc/resolv.conf && "
+               if self.resolv_conf else "")
+            + 'exec avahi-daemon -f "$0" --no-drop-root --no-chroot --no-rlimits'
         )
         self.proc = self.host.popen(["sh", "-c", script, str(self.conf)], env=self.env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -51,6 +51,7 @@ class AgentConfig:
     verify: str = "mark"
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
+    wide: Any = None  # WideAreaSettings: also publish and browse these DNS-SD domains
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -58,7 +59,8 @@ def caps_tuple() -> tuple[str, str, str]:
 
 
 def peer_info(peer: Peer | None) -> PeerInfo | None:
-    return None if peer is None else PeerInfo(peer.name, peer.addresses, peer.port, peer.caps)
+    return None if peer is None else PeerInfo(peer.name, peer.addresses, peer.port, peer.caps,
+                                              peer.domain)
 
 
 class Agent:
@@ -77,7 +79,7 @@ class Agent:
         self.mdns = MdnsDirectory(interfaces=config.interfaces, state=self.state,
                                   on_peer=self._on_peer, on_event=self._on_publish,
                                   exclude={config.name})
-        self.directory = Directories([self.mdns])
+        self.directory = Directories([self.mdns, *self._wide_area(config)])
         self.listeners: list[socket.socket] = []
         self.inbox: Inbox | None = None
         self.store: InboxStore | None = None
@@ -86,6 +88,16 @@ class Agent:
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
         self.control = ControlServer(self)
+
+    def _wide_area(self, config: AgentConfig) -> list[Any]:
+        """Wide-area DNS-SD beside the link, when domains are configured (dnspython is
+        imported only then)."""
+        if config.wide is None:
+            return []
+        from xmppll.discovery.widearea.directory import WideAreaDirectory
+
+        return [WideAreaDirectory(config.wide, state=self.state, on_peer=self._on_peer,
+                                  on_event=self.emit, exclude={config.name})]
 
     @property
     def name(self) -> str:
@@ -136,9 +148,12 @@ class Agent:
     async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
         return peer_info(await self.directory.resolve(name, wait))
 
-    def _sources(self) -> list[str] | None:
+    def _sources(self, peer: PeerInfo) -> list[str] | None:
+        """Our advertised addresses, to connect from (strict peers match them); none
+        for a wide-area peer, which may be behind routers: the route picks the source,
+        the one our DNS records list."""
         record = self.mdns.record
-        return record.addresses if record and record.addresses else None
+        return record.addresses if record and record.addresses and not peer.domain else None
 
     def _local_addresses(self) -> list[str]:
         from xmppll.discovery.mdns.link import local_addresses
@@ -151,8 +166,18 @@ class Agent:
         await self.control.start(published.name)
         self.emit({"event": "announced", "name": published.name, "host": published.host,
                    "addresses": published.addresses, "port": published.port,
-                   **self._presence_json()})
+                   **self._presence_json(), **self._wide_published()})
         sd_notify(f"READY=1\nSTATUS=announced {published.name} on port {published.port}")
+
+    def _wide_published(self) -> dict[str, Any]:
+        """What the announced event says of the DNS publication, when there is one."""
+        wide = self.directory.members[1:]
+        if not wide or not wide[0].published:
+            return {}
+        domains = wide[0].published["domains"]
+        return {"domains": list(domains),
+                "dns_host": next(iter(domains.values()))["host"].rstrip("."),
+                "dns_addresses": wide[0].published["addresses"]}
 
     def _take_lock(self) -> None:
         """One agent per name: a second one refuses with a clear error; the lock dies

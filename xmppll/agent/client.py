@@ -6,6 +6,7 @@ The command-line face calls one function here per command and prints what it get
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,8 +32,26 @@ def running(name: str | None) -> str | None:
         return None
 
 
-def peers(agent: str | None, interfaces: list[str] | None, timeout: float) -> list[Record]:
-    """Everyone on the link: the agent's cache at once, else a one-shot browse."""
+def peers(agent: str | None, interfaces: list[str] | None, timeout: float, *,
+          wide: Any = None, link: bool = True) -> tuple[list[Record], list[XmpplError]]:
+    """Everyone on the link (the agent's cache at once, else a one-shot browse), and in
+    the wide-area domains of `wide` asked from DNS; with the failures of the domains
+    that could not be browsed: the other peers are still listed."""
+    found: list[Record] = []
+    failures: list[XmpplError] = []
+    if wide is not None:
+        from xmppll.discovery.widearea import oneshot as wide_oneshot
+
+        found, failures = wide_oneshot.browse(wide, exclude=set(control.running_agents()))
+    if link:
+        seen = {(p["name"].lower(), p.get("domain")) for p in found}
+        found += [p for p in _link_peers(agent, interfaces, timeout)
+                  if (p["name"].lower(), p.get("domain")) not in seen]
+    return found, failures
+
+
+def _link_peers(agent: str | None, interfaces: list[str] | None,
+                timeout: float) -> list[Record]:
     if agent:
         return control.request(agent, "peers")["peers"]
     from xmppll.discovery.mdns import oneshot
@@ -41,8 +60,18 @@ def peers(agent: str | None, interfaces: list[str] | None, timeout: float) -> li
 
 
 def follow(agent: str | None, emit: Callable[[Record], None],
-           interfaces: list[str] | None, duration: float | None) -> None:
-    """added/updated/removed events until interrupted (or for `duration` seconds)."""
+           interfaces: list[str] | None, duration: float | None, *,
+           wide: Any = None, link: bool = True) -> None:
+    """added/updated/removed events until interrupted (or for `duration` seconds);
+    a wide-area domain is polled on a thread of its own beside the link's events."""
+    if wide is not None:
+        from xmppll.discovery.widearea.oneshot import Follower
+
+        follower = Follower(wide, emit, exclude=set(control.running_agents()))
+        if not link:
+            follower.run(duration)
+            return
+        follower.start()
     if agent:
         for event in control.stream(agent, "follow", duration=duration):
             emit(event)
@@ -64,14 +93,23 @@ def withdraw(name: str | None) -> Record:
     return {"event": "withdrawn", "name": reply["name"]}
 
 
-def withdraw_stale(name: str, interfaces: list[str] | None) -> Record:
+def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None) -> Record:
+    """Goodbyes for what a dead agent left: on the link, and with `wide` in DNS (a
+    signed UPDATE deletes its records: DNS has no goodbye)."""
     from xmppll.discovery.mdns import oneshot
 
     if control.is_alive(identity.socket_path(name)):
         raise UnavailableError(
             f"the agent for {name} is still running; use: xmppll withdraw {name}")
-    record = oneshot.withdraw_stale(name, interfaces)
-    return {"event": "withdrawn", "name": record.name, "stale": True}
+    if wide is None:
+        record = oneshot.withdraw_stale(name, interfaces)
+        return {"event": "withdrawn", "name": record.name, "stale": True}
+    from xmppll.discovery.widearea import oneshot as wide_oneshot
+
+    domains = wide_oneshot.withdraw_stale(wide, name)
+    with contextlib.suppress(NoPeerError):  # no mDNS record left: the DNS one was
+        oneshot.withdraw_stale(name, interfaces)
+    return {"event": "withdrawn", "name": name, "stale": True, "domains": domains}
 
 
 def status(name: str | None, status: str | None, msg: str | None) -> list[Record]:
@@ -101,7 +139,7 @@ def sending_agent(from_: str | None) -> str | None:
 
 def send(records: Iterator[tuple[int, Record]], *, agent: str | None, me: str,
          everyone: bool, timeout: float, wait: float, receipt: bool,
-         interfaces: list[str] | None) -> int:
+         interfaces: list[str] | None, wide: Any = None) -> int:
     """Deliver each (line number, message); returns how many were delivered."""
     if agent is None:
         import asyncio
@@ -109,7 +147,7 @@ def send(records: Iterator[tuple[int, Record]], *, agent: str | None, me: str,
         from xmppll.agent import sending
 
         options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
-                                  interfaces=interfaces)
+                                  interfaces=interfaces, wide=wide)
         return asyncio.run(sending.send_all(records, options, everyone=everyone))
     tally = Tally()
     for lineno, record in tally.read(records):

@@ -63,6 +63,7 @@ class Options:
     wait: float
     receipt: bool
     interfaces: list[str] | None
+    wide: Any = None  # WideAreaSettings: resolve in these DNS-SD domains first
 
 
 class HandoffStore:
@@ -121,7 +122,8 @@ class OneShot:
         dispatcher = Dispatcher(HandoffStore(me), lambda: me)
         self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher)
         self.delivery = Delivery(self.hub, Receipts(dispatcher), Disco(dispatcher), Hooks(
-            resolve=self.resolve, stale=self.stale, sources=lambda: self.sources,
+            resolve=self.resolve, stale=self.stale,
+            sources=lambda peer: None if peer.domain else self.sources,
             before_dial=self.before_dial))
 
     async def __aenter__(self) -> OneShot:
@@ -147,8 +149,18 @@ class OneShot:
         await self.azc.async_close()
 
     async def resolve(self, name: str, wait: float) -> PeerInfo | None:
-        """The peer's SRV port and addresses; waits up to `wait` for it to appear."""
+        """The peer's SRV port and addresses, in the --domain first (one round of DNS
+        queries), then on the link; waits up to `wait` for it to appear there."""
         assert self.view is not None
+        if self.options.wide is not None:
+            from xmppll.discovery.widearea import oneshot as wide_oneshot
+
+            found = await asyncio.to_thread(wide_oneshot.resolve, self.options.wide, name)
+            if found is not None:
+                log.info("resolved %s in %s: %s port %s", name, found.domain,
+                         ", ".join(found.addresses), found.port)
+                return PeerInfo(found.name, found.addresses, found.port, found.caps,
+                                found.domain)
         if self.view.find(name) is None:
             self.view.query_ptr(known_answers=False)
         peer = await wait_for_peer(self.view, name, max(wait, RESOLVE_TIMEOUT))
@@ -168,7 +180,7 @@ class OneShot:
 
     async def before_dial(self, peer: PeerInfo, refused: bool) -> None:
         await self._take_turn(peer.name)
-        if refused or (peer.caps or {}).get("node") != CAPS_NODE:
+        if peer.domain is None and (refused or (peer.caps or {}).get("node") != CAPS_NODE):
             await self.publish_self()
 
     async def _take_turn(self, peer: str) -> None:

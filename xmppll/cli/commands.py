@@ -28,6 +28,52 @@ def interface_option(func: Any) -> Any:
     )(func)
 
 
+def dns_options(*, key: bool = False, publish: bool = False) -> Any:
+    """Wide-area DNS-SD (RFC 6763 over unicast DNS): the domains, the server and, to
+    publish, the TSIG key, TTL and host name. The command gets them as **dns."""
+    def wrap(func: Any) -> Any:
+        options = [
+            click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
+                         help="Also use this wide-area DNS-SD domain (repeatable; 'auto': "
+                              "the b/lb._dns-sd._udp domains of the search list).",
+                         **_env("domains")),
+            click.option("--dns-server", metavar="ADDRESS[#PORT]",
+                         help="DNS server for --domain [default: queries to resolv.conf's, "
+                              "updates to the zone's primary from its SOA].",
+                         **_env("dns_server")),
+        ]
+        if key:
+            options.append(click.option(
+                "--tsig-key", metavar="FILE", help="TSIG key that signs the DNS UPDATEs "
+                "(tsig-keygen's output; refused unless only its owner can read it).",
+                **_env("tsig_key")))
+        if publish:
+            options += [
+                click.option("--dns-ttl", type=int, metavar="SECONDS", help="TTL of the "
+                             "DNS records, and the heartbeat that refreshes them "
+                             "[default: 60].", **_env("dns_ttl")),
+                click.option("--dns-host", metavar="NAME", help="Point the SRV at this "
+                             "existing host name instead of publishing <host>.<domain> "
+                             "A/AAAA.", **_env("dns_host")),
+            ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return wrap
+
+
+def _wide(dns: dict[str, Any], *, need_key: bool = False) -> Any:
+    """The checked WideAreaSettings, or None without --domain (nothing DNS is imported
+    then)."""
+    if not dns.get("domains"):
+        return None
+    from xmppll.discovery.widearea import config as wide_config
+
+    return wide_config.settings(dns["domains"], dns_server=dns.get("dns_server"),
+                                tsig_key=dns.get("tsig_key"), dns_ttl=dns.get("dns_ttl"),
+                                dns_host=dns.get("dns_host"), need_key=need_key)
+
+
 def json_option(func: Any) -> Any:
     return click.option(
         "--json/--no-json", "as_json", default=None,
@@ -119,6 +165,7 @@ def _env(key: str) -> dict[str, Any]:
 @click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
               "is taken.")
 @interface_option
+@dns_options(key=True, publish=True)
 @json_option
 @verbose_option
 @quiet_option
@@ -127,17 +174,22 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
              interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
-             quiet: bool) -> None:
+             quiet: bool, **dns: Any) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
     or withdrawn. Prints one event per line (announced, conflict, renamed, ...).
 
     Under systemd (Type=notify) the agent reports READY=1 once announced.
     SIGHUP re-reads the config file.
 
+    With --domain, the agent also publishes in that DNS-SD domain (one signed DNS
+    UPDATE: A/AAAA, SRV, TXT, PTR), refreshes it every --dns-ttl seconds, and lists
+    the domain's peers beside the link's.
+
     \b
     Examples:
       xmppll announce --msg "on call" &
-      xmppll announce juliet --status away --nick JuliC"""
+      xmppll announce juliet --status away --nick JuliC
+      xmppll announce --domain lan.example --tsig-key ~/.config/xmppll/tsig.key"""
     from xmppll import identity
     from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, run_agent
     from xmppll.discovery.presence import Presence, parse_txt_option
@@ -153,7 +205,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         name=identity.check_instance_name(name or identity.default_name()),
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
-        reload=_reloader(click.get_current_context()),
+        reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True),
     )
     emit_json = render.wants_json(as_json)
     _setup_logging(verbose)
@@ -198,19 +250,26 @@ def _reloader(ctx: click.Context) -> Any:
 @click.option("--table", "as_table", is_flag=True, help="Human-readable table even in a pipe.")
 @click.option("--no-agent", is_flag=True, help="Browse the link directly even when an "
               "agent runs.")
+@click.option("--no-link", is_flag=True, help="Only the --domain peers: skip mDNS.")
 @interface_option
+@dns_options()
 @json_option
 @color_option
 def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: bool,
-           no_agent: bool, interfaces: tuple[str, ...], as_json: bool | None) -> None:
+           no_agent: bool, no_link: bool, interfaces: tuple[str, ...], as_json: bool | None,
+           **dns: Any) -> None:
     """List the peers on the link (those whose name matches PATTERN, a shell glob).
 
     With an agent running, its live cache answers at once; otherwise a one-shot
-    mDNS browse ends when answers stop (at most --timeout).
+    mDNS browse ends when answers stop (at most --timeout). With --domain, that
+    domain's peers are asked from DNS as well (records gain "domain"); --follow
+    polls it every 5 s. A domain whose server fails is reported on stderr (and in the
+    exit code) while the other peers are still listed.
 
     \b
     Examples:
       xmppll browse
+      xmppll browse --domain lan.example --no-link
       xmppll browse 'juliet@*' | jq -r .status
       xmppll browse --follow | jq -r 'select(.event=="added") | .name'"""
     import fnmatch
@@ -226,6 +285,9 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
 
     from xmppll.agent import client
 
+    wide = _wide(dns)
+    if no_link and wide is None:
+        raise UsageError("--no-link lists only --domain peers: give --domain")
     agent = None if no_agent or ifaces else client.any_agent()
     if follow:
         def emit(event: dict[str, Any]) -> None:
@@ -234,10 +296,11 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
                     render.write_json(event)
                 else:
                     render.write_line(render.peer_event_line(event, color=color))
-        client.follow(agent, emit, ifaces, timeout)
+        client.follow(agent, emit, ifaces, timeout, wide=wide, link=not no_link)
         return
-    with render.progress("browsing the link...", enabled=agent is None):
-        peers = client.peers(agent, ifaces, timeout or 3.0)
+    with render.progress("browsing the link...", enabled=agent is None and not no_link):
+        peers, failures = client.peers(agent, ifaces, timeout or 3.0, wide=wide,
+                                       link=not no_link)
     peers = [p for p in peers if matches(p)]
     if emit_json:
         for peer in peers:
@@ -245,6 +308,10 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
     else:
         for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
             render.write_line(line)
+    for failure in failures[:-1]:
+        render.error(str(failure))
+    if failures:
+        raise failures[-1]
 
 
 @cli.command()
@@ -290,23 +357,29 @@ def _print_status(reply: dict[str, Any], as_json: bool | None) -> None:
 @click.option("--stale", is_flag=True, help="Send goodbyes for NAME's records left by an "
               "agent that died (kill -9, crash).")
 @interface_option
+@dns_options(key=True)
 @json_option
 @quiet_option
 def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
-             as_json: bool | None, quiet: bool) -> None:
+             as_json: bool | None, quiet: bool, **dns: Any) -> None:
     """Go offline: the agent sends goodbyes and exits (peers drop NAME at once).
 
     \b
     Examples:
       xmppll withdraw
-      xmppll withdraw --stale   # after the agent was killed with -9"""
+      xmppll withdraw --stale   # after the agent was killed with -9
+      xmppll withdraw --stale --domain lan.example --tsig-key tsig.key
+
+    With --stale --domain, the dead agent's DNS records are deleted by a signed
+    UPDATE (DNS has no goodbye; browsers would otherwise drop them only after 3
+    heartbeats)."""
     from xmppll import identity
     from xmppll.agent import client
 
     ifaces = _check_interfaces(interfaces)
     if stale:
         target = identity.check_instance_name(name or identity.default_name())
-        result = client.withdraw_stale(target, ifaces)
+        result = client.withdraw_stale(target, ifaces, wide=_wide(dns, need_key=True))
     else:
         result = client.withdraw(name)
     if quiet:
@@ -368,17 +441,20 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--lines", is_flag=True, help="One message per line of stdin.")
 @click.option("--all", "everyone", is_flag=True, help="Send to every peer on the link.")
 @interface_option
+@dns_options()
 @verbose_option
 @quiet_option
 def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, id_: str | None,
          timeout: float,
          wait: float, json_input: bool, lines: bool, everyone: bool,
-         interfaces: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+         interfaces: tuple[str, ...], verbose: bool, quiet: bool, **dns: Any) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
     With an agent running (as the sender), the agent delivers: as its published name,
-    over a reused stream. Otherwise this command resolves and connects itself.
+    over a reused stream, resolving TO on the link and in its --domain. Otherwise this
+    command resolves (in --domain first, then on the link) and connects itself, to
+    whatever address was resolved, from the address the route picks.
     On a terminal, a wait longer than a moment shows its progress on stderr.
 
     \b
@@ -417,7 +493,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     reads_stdin = json_input or lines or not text
     with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
         client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
-                    wait=wait, receipt=receipt, interfaces=ifaces)
+                    wait=wait, receipt=receipt, interfaces=ifaces, wide=_wide(dns))
 
 
 def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
@@ -593,7 +669,7 @@ def show_config(as_json: bool | None) -> None:
 
 def _builtin(key: str, identity: Any) -> Any:
     return {"name": identity.default_name(), "status": "avail", "port": 5298,
-            "verify": "mark", "interfaces": []}.get(key)
+            "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60}.get(key)
 
 
 def main() -> None:

@@ -15,6 +15,11 @@ only reads and checks the file and says where each setting came from.
     port = 5298
     interfaces = ["eth0"]
     verify = "mark"             # strict | mark | off
+    domains = ["lan.example"]   # wide-area DNS-SD domains (RFC 6763), "auto": from DNS
+    dns_server = "192.0.2.53"   # default: the zone's primary (SOA), via resolv.conf
+    tsig_key = "~/.config/xmppll/tsig.key"  # `tsig-keygen` output, mode 0600
+    dns_ttl = 60                # s: record TTL and heartbeat period
+    dns_host = "host.lan.example"  # an existing name for our SRV (default: our own)
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from xmppll.errors import DataError
 SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+    "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
 }
 CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
 # The commands each setting is a default for (its option has the same name there).
@@ -40,6 +46,10 @@ COMMANDS = {
     "status": ("announce",), "port": ("announce", "listen"),
     "interfaces": ("announce", "browse", "send", "listen", "status", "withdraw"),
     "verify": ("listen",),
+    "domains": ("announce", "browse", "send", "withdraw"),
+    "dns_server": ("announce", "browse", "send", "withdraw"),
+    "tsig_key": ("announce", "withdraw"),
+    "dns_ttl": ("announce",), "dns_host": ("announce",),
 }
 
 
@@ -85,6 +95,8 @@ def load(path: Path | None = None) -> dict[str, Any]:
             raise DataError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}")
         if key == "interfaces" and not all(isinstance(i, str) for i in value):
             raise DataError(f"{where}: interfaces must be a list of interface names")
+        if key == "domains" and not all(isinstance(i, str) for i in value):
+            raise DataError(f"{where}: domains must be a list of DNS domain names")
     return data
 
 

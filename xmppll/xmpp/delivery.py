@@ -58,6 +58,7 @@ class PeerInfo:
     addresses: list[str]
     port: int
     caps: dict[str, Any] | None = None
+    domain: str | None = None  # a wide-area peer's DNS-SD domain; None: on the link
 
     @property
     def target(self) -> Target:
@@ -89,7 +90,8 @@ class Hooks:
 
     resolve: Resolve
     stale: Callable[[str], None]  # the address of this name did not answer
-    sources: Callable[[], list[str] | None]  # addresses we advertise, to connect from
+    # Addresses we advertise, to connect to this peer from (None: the route picks).
+    sources: Callable[[PeerInfo], list[str] | None]
     # Before dialling a peer (the one-shot `send` publishes a transient presence for
     # peers that only accept published senders); `refused` after a refusal.
     before_dial: Callable[[PeerInfo, bool], Awaitable[None]] | None = None
@@ -172,7 +174,7 @@ class Delivery:
                 await self.hooks.before_dial(peer, peer.name.lower() in self.refused_by)
             try:
                 return await self.hub.dial(peer.target, timeout=remaining,
-                                           sources=self.hooks.sources())
+                                           sources=self.hooks.sources(peer))
             except ConnectFailed:
                 if reresolved:
                     raise

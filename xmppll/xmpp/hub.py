@@ -191,10 +191,11 @@ class Hub:
         if claimed and claimed.lower() == self.me().lower():
             return claimed, False  # nobody else may speak as us
         if claimed:
-            if self.strict and not self.peers.advertised_by(claimed, address):
-                # Only strict waits to resolve an unknown sender: under `mark` that
-                # wait would delay every unpublished sender's delivery for nothing.
-                await self.peers.resolve(claimed, LOOKUP_WAIT)
+            if not self.peers.advertised_by(claimed, address):
+                # Asked, not only looked up: a wide-area sender's records are one DNS
+                # query away. Only strict waits for the link to answer: under `mark`
+                # that wait would delay every unpublished sender's delivery for nothing.
+                await self.peers.resolve(claimed, LOOKUP_WAIT if self.strict else 0)
             return claimed, self.peers.advertised_by(claimed, address)
         owners = self.peers.owners(address)
         if len(owners) == 1:
