@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xmppll import identity
+from xmppll.agent import retention
 from xmppll.agent.control_server import ControlServer, reply
-from xmppll.agent.inbox import Inbox, read_after
+from xmppll.agent.inbox import Inbox, catch_up
 from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
 from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
 from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
@@ -55,6 +56,7 @@ class AgentConfig:
     verify: str = "mark"
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
+    retention_policy: retention.Policy = field(default_factory=retention.Policy)
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -120,9 +122,11 @@ class Agent:
                            "port": self.presence.port, "addresses": [a.address for a in mine]})
                 sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
             refresher = asyncio.ensure_future(self._refresh_loop())
+            keeper = asyncio.ensure_future(retention.keep(self.inbox, self.config.retention_policy))
             self.ready.set()
             await self.stop_event.wait()
             refresher.cancel()
+            keeper.cancel()
         finally:
             await self._shutdown(azc)
 
@@ -322,7 +326,7 @@ class Agent:
             after = req.get("after")
             last = self.inbox.seq if after is None else int(after)
             await reply(writer, {"ok": True, "seq": self.inbox.seq})
-            for record in read_after(self.state, last):
+            async for record in catch_up(self.state, last):  # off the loop: no stall
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
                 last = record["seq"]
                 await writer.drain()
