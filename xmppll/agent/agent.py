@@ -23,6 +23,7 @@ from xmppll import identity
 from xmppll.agent import retention
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.inbox import Inbox, catch_up
+from xmppll.agent.policy import Policy
 from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
 from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
 from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
@@ -56,7 +57,7 @@ class AgentConfig:
     verify: str = "mark"
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
-    retention_policy: retention.Policy = field(default_factory=retention.Policy)
+    retention_policy: Policy = field(default_factory=Policy)
 
 
 def caps_tuple() -> tuple[str, str, str]:

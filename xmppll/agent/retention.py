@@ -19,48 +19,20 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import signal
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from xmppll.agent import segments
 from xmppll.agent.inbox import Inbox
+from xmppll.agent.policy import Policy
 from xmppll.agent.segments import fsync_dir
-from xmppll.errors import UsageError
 
 log = logging.getLogger("xmppll")
-DEFAULT_KEEP_DAYS = 30
-DEFAULT_KEEP_SIZE = "256M"
 EVERY = 3600.0  # seconds between the agent's prunes when no segment was sealed
 KILL_AFTER = "XMPPLL_TEST_PRUNE_KILL_AFTER"  # tests: SIGKILL ourselves after step N
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from '256M', '1.5G', '500K', '0' (binary units, an optional B)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.I)
-    if not match:
-        raise UsageError(f"invalid size {text!r}: use a number with K, M, G or T (256M)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Read history older than keep_days, or beyond keep_bytes in all, may go."""
-
-    keep_days: float = DEFAULT_KEEP_DAYS
-    keep_bytes: int = parse_size(DEFAULT_KEEP_SIZE)
-
-    @classmethod
-    def of(cls, keep_days: Any = None, keep_size: Any = None) -> Policy:
-        days = DEFAULT_KEEP_DAYS if keep_days is None else float(keep_days)
-        if days < 0:
-            raise UsageError(f"invalid --keep-days {keep_days}: use 0 or more")
-        return cls(days, parse_size(DEFAULT_KEEP_SIZE if keep_size is None else keep_size))
 
 
 def read_mark(state: Path) -> int:

@@ -15,6 +15,8 @@ only reads and checks the file and says where each setting came from.
     port = 5298
     interfaces = ["eth0"]
     verify = "mark"             # strict | mark | off
+    keep_days = 30              # inbox: read messages older than this may go
+    keep_size = "256M"          # inbox: read history kept in all
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ from xmppll.errors import DataError
 SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+    "keep_days": int, "keep_size": str,
 }
 CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
-    "name": ("announce", "listen"),
+    "name": ("announce", "listen", "inbox"),
     "nick": ("announce",), "first": ("announce",), "last": ("announce",),
     "email": ("announce",), "jid": ("announce",), "msg": ("announce",),
     "status": ("announce",), "port": ("announce", "listen"),
     "interfaces": ("announce", "browse", "send", "listen", "status", "withdraw"),
     "verify": ("listen",),
+    "keep_days": ("announce", "listen", "inbox"), "keep_size": ("announce", "listen", "inbox"),
 }
 
 
