@@ -254,3 +254,24 @@ def test_op_inbox_catches_up_off_the_event_loop(tmp_path: Path,
     assert lines[0]["ok"] is True and lines[0]["seq"] == 300
     assert [r["seq"] for r in lines[1:]] == list(range(251, 301))
     assert threads and loop_thread not in threads
+
+
+def test_exec_moves_the_cursor_only_past_finished_commands(tmp_path: Path) -> None:
+    """The cursor is what retention may drop: with --exec it must not pass a stanza
+    whose command has not finished."""
+    from xmppll.agent import listening
+
+    gate = tmp_path / "gate"
+    runner = listening.Runner(f"cat > /dev/null; until [ -e {gate} ]; do sleep 0.01; done")
+    cursor = Cursor(tmp_path)
+    try:
+        listening.consume([{"seq": s} for s in (1, 2, 3)], cursor=cursor, show=lambda r: None,
+                          runner=runner, to_json=json.dumps)
+        assert cursor.get() == 0, "no command has finished"
+        gate.touch()
+        runner.close()  # waits for the commands
+        assert cursor.get() == 3
+    finally:
+        gate.touch()
+        runner.close()
+        cursor.close()
