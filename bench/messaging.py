@@ -111,7 +111,7 @@ def inbox_lines(host: Host, name: str) -> int:
 
 
 def wait_seen(host: Host, agent: str, peer: str, timeout: float = 10) -> None:
-    code = ("import sys; from xmppll import control; "
+    code = ("import sys; from xmppll.agent import control; "
             "sys.exit(sys.argv[2] not in [p['name'] for p in "
             "control.request(sys.argv[1], 'peers')['peers']])")
     deadline = time.monotonic() + timeout

@@ -140,7 +140,7 @@ def wait_printed(proc: Proc, token: str, count: int, timeout: float = 15) -> lis
 
 def agent_peers(host: Host, agent: str) -> list[str]:
     """Names in the peer cache of `agent` (asked over its control socket)."""
-    code = ("import json, sys; from xmppll import control; "
+    code = ("import json, sys; from xmppll.agent import control; "
             "print(json.dumps([p['name'] for p in control.request(sys.argv[1], 'peers')"
             "['peers']]))")
     done = host.run([PY, "-c", code, agent], timeout=10)
