@@ -20,8 +20,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xmppll import identity
+from xmppll.agent import retention
 from xmppll.agent.control_server import ControlServer, reply
-from xmppll.agent.inbox import Inbox, read_after
+from xmppll.agent.inbox import Inbox, catch_up
+from xmppll.agent.policy import Policy
 from xmppll.agent.store import InboxStore, message_key
 from xmppll.discovery.directory import Directories, Peer
 from xmppll.discovery.mdns.directory import MdnsDirectory
@@ -52,6 +54,7 @@ class AgentConfig:
     publish: bool = True  # False: serve the port and keep the inbox, but stay unlisted
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
     wide: Any = None  # WideAreaSettings: also publish and browse these DNS-SD domains
+    retention_policy: Policy = field(default_factory=Policy)
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -130,8 +133,11 @@ class Agent:
                 self.emit({"event": "listening", "name": self.config.name,
                            "port": self.presence.port, "addresses": self._local_addresses()})
                 sd_notify(f"READY=1\nSTATUS=listening on port {self.presence.port}")
+            keeper = asyncio.ensure_future(retention.keep(self.inbox,
+                                                          self.config.retention_policy))
             self.ready.set()
             await self.stop_event.wait()
+            keeper.cancel()
         finally:
             await self._shutdown()
 
@@ -323,7 +329,7 @@ class Agent:
             after = req.get("after")
             last = self.inbox.seq if after is None else int(after)
             await reply(writer, {"ok": True, "seq": self.inbox.seq})
-            for record in read_after(self.state, last):
+            async for record in catch_up(self.state, last):  # off the loop: no stall
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
                 last = record["seq"]
                 await writer.drain()

@@ -1,4 +1,5 @@
-"""The inbox: every stanza the agent received, in a durable append-only JSON Lines log.
+"""The inbox: every stanza the agent received, in a durable append-only JSON Lines log
+(in segments, see segments.py; retention.py drops old read ones).
 
 A stanza counts as received only once it is on disk (fsync'd): receipts and the
 stream close that tells a sender "delivered" wait for that. Writes are batched into
@@ -9,75 +10,49 @@ possible without acknowledging anything early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
+from xmppll.agent import segments
+from xmppll.agent.segments import Record
 from xmppll.errors import IOFailure
 
-Record = dict[str, Any]
+log = logging.getLogger("xmppll")
+SEGMENT_BYTES = 16 << 20  # the newest segment is sealed into inbox.d/ past this size
 
 
 def inbox_path(state: Path) -> Path:
-    return state / "inbox.jsonl"
-
-
-def _last_seq(path: Path) -> int:
-    """The sequence number of the last complete line (a torn last line from a crash
-    mid-write is cut off, so the log stays valid JSON Lines)."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            pos = size
-            tail = b""
-            while pos > 0:
-                step = min(65536, pos)
-                pos -= step
-                fh.seek(pos)
-                tail = fh.read(step) + tail
-                lines = tail.split(b"\n")
-                complete = lines[:-1] if not tail.endswith(b"\n") else lines
-                for line in reversed([x for x in complete if x.strip()]):
-                    try:
-                        return int(json.loads(line)["seq"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-            return 0
-    except FileNotFoundError:
-        return 0
-
-
-def _drop_torn_tail(path: Path) -> None:
-    try:
-        with open(path, "rb+") as fh:
-            data_end = fh.seek(0, os.SEEK_END)
-            if data_end == 0:
-                return
-            fh.seek(max(0, data_end - 1))
-            if fh.read(1) == b"\n":
-                return
-            fh.seek(0)
-            content = fh.read()
-            fh.truncate(content.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        return
+    """The newest segment (the one being appended to); see segments.py for the rest."""
+    return segments.active_path(state)
 
 
 class Inbox:
     """The writer side, owned by the agent's event loop."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         state.mkdir(parents=True, exist_ok=True)
+        self.state = state
         self.path = inbox_path(state)
-        _drop_torn_tail(self.path)
-        self.seq = _last_seq(self.path)
+        self.segment_bytes = segment_bytes
+        segments.drop_torn_tail(self.path)
+        # The newest seq ever stored, even if retention dropped it or a crash came
+        # between sealing a segment and the next write: seqs are never reused.
+        newest_sealed = segments.sealed(state)[-1:]
+        self.seq = max(segments.last_seq(self.path),
+                       *(segments.last_seq(path) for _, path in newest_sealed),
+                       segments.pruned_through(state))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._flushing: asyncio.Task | None = None
         self.subscribers: set[asyncio.Queue] = set()
         self.unstored = 0  # submitted, not yet on disk: what a flood costs in memory
+        self.on_seal: Callable[[], None] | None = None  # called on the writer thread
+        self._fd_lock = threading.Lock()
 
     def submit(self, record: Record) -> asyncio.Future:
         """Queue one stanza for the next group commit; the future resolves to the
@@ -125,35 +100,68 @@ class Inbox:
             self._flushing = None
 
     def _write(self, data: bytes) -> None:
-        size = os.fstat(self._fd).st_size
+        with self._fd_lock:
+            size = os.fstat(self._fd).st_size
+            if size >= self.segment_bytes and self._seal():
+                size = 0
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                os.fsync(self._fd)
+            except OSError:
+                os.ftruncate(self._fd, size)  # leave no half-written batch behind
+                raise
+
+    def _seal(self) -> bool:
+        """Move the full newest segment into inbox.d/ under its first seq and start an
+        empty one. Every step is a rename or a create, each durable before the next:
+        a crash anywhere leaves each record in exactly one segment."""
+        first = segments.first_record(self.path)
+        if first is None:
+            return False
+        target = segments.sealed_path(self.state, first["seq"])
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
-        except OSError:
-            os.ftruncate(self._fd, size)  # leave no half-written batch behind
-            raise
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                return False
+            os.rename(self.path, target)
+            segments.fsync_dir(target.parent)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            segments.fsync_dir(self.state)
+        except OSError as exc:
+            log.warning("cannot seal the inbox segment %s: %s", self.path, exc)
+            return False
+        os.close(self._fd)
+        self._fd = fd
+        if self.on_seal is not None:
+            self.on_seal()
+        return True
 
     def close(self) -> None:
-        os.close(self._fd)
+        with self._fd_lock:
+            os.close(self._fd)
 
 
-def read_after(state: Path, after: int) -> Iterator[Record]:
-    """Records with seq > after, oldest first (for backlog and catch-up)."""
+read_after = segments.read_after  # records with seq > after, oldest first
+
+
+async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[Record]:
+    """`read_after` for the event loop: the file reads run on a worker thread, `batch`
+    records at a time, so a listener catching up never stalls the agent."""
+    loop = asyncio.get_running_loop()
+    records = read_after(state, after)
     try:
-        with open(inbox_path(state), "rb") as fh:
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    return
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("seq", 0) > after:
-                    yield record
-    except FileNotFoundError:
-        return
+        while chunk := await loop.run_in_executor(None, _take, records, batch):
+            for record in chunk:
+                yield record
+    finally:
+        with contextlib.suppress(ValueError):  # still running on the worker thread
+            records.close()
+
+
+def _take(records: Iterator[Record], n: int) -> list[Record]:
+    return [record for _, record in zip(range(n), records, strict=False)]
 
 
 class Cursor:

@@ -1,7 +1,9 @@
 """`listen`: follow the agent's inbox and hand each stanza on: stdout, a file, a
 command. A line counts as printed only once it is flushed; the cursor then moves past
 it, so a listener killed at any moment and restarted with `--backlog` resumes right
-after the last line it delivered.
+after the last line it delivered. With --exec, the cursor moves past a stanza only
+once its command has finished (and every earlier one's): the cursor is also what the
+inbox's retention may drop, so it must never run ahead of what was handled.
 """
 
 from __future__ import annotations
@@ -30,11 +32,29 @@ class Runner:
         self.command = command
         self.pool = ThreadPoolExecutor(EXEC_CONCURRENCY)
         self.slots = threading.BoundedSemaphore(EXEC_CONCURRENCY * 2)
+        self.running: set[int] = set()
+        self.lock = threading.Lock()
+        self.on_done: Callable[[], None] | None = None
 
     def submit(self, line: str, seq: int) -> None:
         self.slots.acquire()
+        with self.lock:
+            self.running.add(seq)
         future = self.pool.submit(self._run, line, seq)
-        future.add_done_callback(lambda _: self.slots.release())
+        future.add_done_callback(lambda _: self._finished(seq))
+
+    def _finished(self, seq: int) -> None:
+        with self.lock:
+            self.running.discard(seq)
+        self.slots.release()
+        if self.on_done is not None:
+            self.on_done()
+
+    def handled_through(self, passed: int) -> int:
+        """The last seq with every stanza up to it handled, given that all up to
+        `passed` have been submitted."""
+        with self.lock:
+            return min(self.running) - 1 if self.running else passed
 
     def _run(self, line: str, seq: int) -> None:
         try:
@@ -76,7 +96,21 @@ def consume(records: Iterable[dict[str, Any]], *, cursor: Cursor,
             show: Callable[[dict[str, Any]], None],
             output: FileOutput | None = None, runner: Runner | None = None,
             to_json: Callable[[dict[str, Any]], str]) -> None:
-    """Deliver each record everywhere asked, then advance the cursor past it."""
+    """Deliver each record everywhere asked, then advance the cursor past it (past
+    what --exec has finished, when it runs behind)."""
+    passed = 0
+    lock = threading.Lock()
+    moved = [0]
+
+    def advance() -> None:
+        with lock:
+            mark = runner.handled_through(passed) if runner is not None else passed
+            if mark > moved[0]:
+                cursor.set(mark)
+                moved[0] = mark
+
+    if runner is not None:
+        runner.on_done = advance
     for record in records:
         line = to_json(record)
         if output is not None:
@@ -84,4 +118,5 @@ def consume(records: Iterable[dict[str, Any]], *, cursor: Cursor,
         show(record)
         if runner is not None:
             runner.submit(line, record["seq"])
-        cursor.set(record["seq"])
+        passed = record["seq"]
+        advance()

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from xmppll import __version__
-from xmppll.cli import render
+from xmppll.cli import keep, render
+from xmppll.cli.keep import keep_options
 from xmppll.errors import UsageError, XmpplError
 
 STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
@@ -164,6 +165,7 @@ def _env(key: str) -> dict[str, Any]:
               "(1st, last, nick, email, jid).")
 @click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
               "is taken.")
+@keep_options
 @interface_option
 @dns_options(key=True, publish=True)
 @json_option
@@ -206,6 +208,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
         reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True),
+        retention_policy=keep.policy(),
     )
     emit_json = render.wants_json(as_json)
     _setup_logging(verbose)
@@ -547,6 +550,7 @@ def _json_records(default_to: str | None) -> Any:
               "this command starts the agent.", **_env("port"))
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
+@keep_options
 @interface_option
 @json_option
 @verbose_option
@@ -627,6 +631,7 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
         name=identity.check_instance_name(name or identity.default_name()),
         presence=Presence(port=port or DEFAULT_PORT), interfaces=ifaces or [],
         port_given=port is not None, verify=verify, publish=not no_announce,
+        retention_policy=keep.policy(),
     )
 
     def emit(event: dict[str, Any]) -> None:
@@ -635,6 +640,38 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
 
     background = BackgroundAgent(config, emit)
     return background, background.start()
+
+
+@cli.command("inbox")
+@click.argument("name", required=False, envvar="XMPPLL_NAME", shell_complete=_complete_agents)
+@click.option("--prune", is_flag=True, help="Drop the read history beyond --keep-days "
+              "and --keep-size now, and say what went.")
+@click.option("--peer", metavar="NAME", help="Print the last messages from NAME "
+              "instead (its instance name or address), oldest first.")
+@click.option("--last", type=click.IntRange(min=1), default=20, show_default=True,
+              metavar="N", help="With --peer: how many messages.")
+@keep_options
+@json_option
+@color_option
+def inbox(name: str | None, prune: bool, peer: str | None, last: int,
+          as_json: bool | None) -> None:
+    """Show NAME's inbox: where it is, how many messages and how much disk, the oldest
+    and newest, and how many no listener has read yet.
+
+    Reads the files, so it works with or without a running agent. The agent applies
+    the retention itself (at start, hourly and whenever a 16 MiB segment fills);
+    messages no listener has read are never dropped, whatever their age.
+
+    \b
+    Examples:
+      xmppll inbox
+      xmppll inbox --prune --keep-days 7 --keep-size 100M
+      xmppll inbox --peer juliet@capulet --last 5"""
+    from xmppll.agent import client
+    from xmppll.cli import inbox_view
+
+    inbox_view.run(client.running(name) or name, prune=prune, peer=peer, last=last,
+                   policy=keep.policy(), as_json=render.wants_json(as_json))
 
 
 @cli.command("config")
@@ -668,8 +705,11 @@ def show_config(as_json: bool | None) -> None:
 
 
 def _builtin(key: str, identity: Any) -> Any:
+    from xmppll.agent.policy import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_SIZE
+
     return {"name": identity.default_name(), "status": "avail", "port": 5298,
-            "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60}.get(key)
+            "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60,
+            "keep_days": DEFAULT_KEEP_DAYS, "keep_size": DEFAULT_KEEP_SIZE}.get(key)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ only reads and checks the file and says where each setting came from.
     tsig_key = "~/.config/xmppll/tsig.key"  # `tsig-keygen` output, mode 0600
     dns_ttl = 60                # s: record TTL and heartbeat period
     dns_host = "host.lan.example"  # an existing name for our SRV (default: our own)
+    keep_days = 30              # inbox: read messages older than this may go
+    keep_size = "256M"          # inbox: read history kept in all
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
     "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
+    "keep_days": int, "keep_size": str,
 }
 CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
-    "name": ("announce", "listen"),
+    "name": ("announce", "listen", "inbox"),
     "nick": ("announce",), "first": ("announce",), "last": ("announce",),
     "email": ("announce",), "jid": ("announce",), "msg": ("announce",),
     "status": ("announce",), "port": ("announce", "listen"),
@@ -50,6 +53,7 @@ COMMANDS = {
     "dns_server": ("announce", "browse", "send", "withdraw"),
     "tsig_key": ("announce", "withdraw"),
     "dns_ttl": ("announce",), "dns_host": ("announce",),
+    "keep_days": ("announce", "listen", "inbox"), "keep_size": ("announce", "listen", "inbox"),
 }
 
 

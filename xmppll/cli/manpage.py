@@ -311,6 +311,8 @@ ENV_HELP = {
     "XMPPLL_EMAIL": "E-mail address(es) published in the TXT record.",
     "XMPPLL_JID": "Regular XMPP address(es) published in the TXT record.",
     "XMPPLL_VERIFY": "How listen treats senders it cannot verify: strict, mark or off.",
+    "XMPPLL_KEEP_DAYS": "Inbox retention: days of read history to keep (default 30).",
+    "XMPPLL_KEEP_SIZE": "Inbox retention: read history to keep in all (default 256M).",
 }
 
 OTHER_ENV: list[Block] = [
@@ -332,8 +334,13 @@ FILES: list[Block] = [
      "Defaults: " + ", ".join(config.SETTINGS) + ". A bad file is an error naming the file "
      "and line (exit 65). `xmppll config` shows each setting and where it came from."),
     ("tp", "`$XDG_STATE_HOME/xmppll/NAME/inbox.jsonl`",
-     "Every stanza the agent for NAME received, one JSON object per line, written and "
-     "fsync'd before the sender is acknowledged."),
+     "The newest stanzas the agent for NAME received, one JSON object per line with a "
+     "`seq`, written and fsync'd before the sender is acknowledged."),
+    ("tp", "`$XDG_STATE_HOME/xmppll/NAME/inbox.d/`",
+     "Older stanzas: inbox.jsonl moves here, named by its first seq, once it holds 16 "
+     "MiB; each has a `.meta.json` summary, rebuilt when missing. Retention "
+     "(`--keep-days`, `--keep-size`) deletes the oldest of these once read; `pruned` "
+     "holds the last seq it dropped."),
     ("tp", "`$XDG_STATE_HOME/xmppll/NAME/cursor`",
      "The sequence number of the last stanza a listener printed (for `listen --backlog`)."),
     ("tp", "`$XDG_STATE_HOME/xmppll/NAME/published.json`",
