@@ -105,8 +105,14 @@ class Downloads:
     def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        """A transfer the policy started: its failure is already an inbox record."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("file transfer failed: %s", task.exception())
 
     # --- offers as they come ------------------------------------------------------
 

@@ -24,8 +24,8 @@ def safe_name(name: str | None) -> str:
     text = text.rsplit("/", 1)[-1]  # only the last path segment counts
     text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
     text = text.strip().lstrip(".").strip()
-    # The bytes must fit NAME_MAX with room for " (99)" and ".part".
-    limit = NAME_MAX - len(PART) - 8
+    # The bytes must fit NAME_MAX with room for " (999)" and the ".TOKEN.part" suffix.
+    limit = NAME_MAX - len(" (999)") - len(".12345678") - len(PART)
     while len(text.encode("utf-8", "surrogatepass")) > limit:
         stem, dot, ext = text.rpartition(".")
         text = stem[:-1] + "." + ext if dot and 0 < len(ext) <= 16 and stem else text[:-1]

@@ -10,6 +10,7 @@ Anything else is refused, so a peer cannot make us fetch from a third host.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import itertools
 import logging
@@ -215,8 +216,9 @@ class FileReceiver:
             raise UnavailableError(f"could not connect to any streamhost of {inc.sender}")
         try:
             await inc.conn.send([socks5.used(query, from_=self.me, jid=used.jid)])
-            await run_blocking(receive, Reader(sock), sink, inc.progress, stall_timeout(),
-                               inc.size, True)
+            await run_blocking(functools.partial(
+                receive, Reader(sock), sink, inc.progress, stall_timeout(), inc.size,
+                until_close=True))
             await run_blocking(sink.finish)
         finally:
             sock.close()

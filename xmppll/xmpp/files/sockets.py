@@ -22,7 +22,6 @@ from xmppll.addresses import normalize
 # A hook for STARTTLS between two xmppll peers: (socket, server_side) -> socket.
 Wrap = Callable[[socket.socket, bool], socket.socket]
 wrap: Wrap | None = None
-_TCP_CLOSE = 7
 BUFFER = 4 << 20  # socket buffers asked for: the kernel caps them at its own maximum
 
 
@@ -90,12 +89,13 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def unread(sock: socket.socket) -> int | None:
     """Bytes we sent that the peer's kernel has not acknowledged; -1 when the
-    connection was reset (what we sent was thrown away); None when unknown."""
+    connection was reset (what we sent was thrown away); None when unknown. (After a
+    close we started, the socket is in TCP_CLOSE whether it ended well or not: the
+    pending error, ECONNRESET, is what tells a reset.)"""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return -1
         outq = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
     except (OSError, ValueError):
         return None
-    if info[0] == _TCP_CLOSE:
-        return -1
     return struct.unpack("i", outq)[0]

@@ -237,7 +237,7 @@ def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
     reader.sock.settimeout(stall)
     try:
         while length is None or sink.received < length:
-            want = CHUNK if length is None else min(CHUNK, length - sink.received + 1)
+            want = CHUNK if length is None else min(CHUNK, length - sink.received)
             n = reader.recv_into(view, want)
             if not n:
                 if length is None:
