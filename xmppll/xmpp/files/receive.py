@@ -10,8 +10,8 @@ Anything else is refused, so a peer cannot make us fetch from a third host.
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import itertools
 import logging
 import xml.etree.ElementTree as ET
