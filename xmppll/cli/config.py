@@ -15,6 +15,9 @@ only reads and checks the file and says where each setting came from.
     port = 5298
     interfaces = ["eth0"]
     verify = "mark"             # strict | mark | off
+    accept_files = "ask"        # never | ask | verified | always
+    download_dir = "~/Downloads/xmppll"
+    max_file_size = 1073741824  # bytes
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from xmppll.errors import DataError
 SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+    "accept_files": str, "download_dir": str, "max_file_size": int,
 }
-CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
+CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off"),
+           "accept_files": ("never", "ask", "verified", "always")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
     "name": ("announce", "listen"),
@@ -40,6 +45,9 @@ COMMANDS = {
     "status": ("announce",), "port": ("announce", "listen"),
     "interfaces": ("announce", "browse", "send", "listen", "status", "withdraw"),
     "verify": ("listen",),
+    "accept_files": ("announce", "listen"),
+    "download_dir": ("announce", "listen"),
+    "max_file_size": ("announce", "listen"),
 }
 
 

@@ -239,3 +239,50 @@ class FileSender:
                                          f"confirm it within {stall:g} s")
             elif now - last_at > stall + 1:
                 raise TimeoutFailure(f"the transfer of {source.name} stalled")
+
+
+Report = Callable[[dict[str, Any]], None]
+REPORT_EVERY = 0.2  # s between two progress reports
+
+
+async def send_files(sender: FileSender, names: list[str], sources: list[Source], *,
+                     timeout: float, wait: float = 0.0, method: str = "auto",
+                     report: Report | None = None) -> list[dict[str, Any]]:
+    """Each file to each peer (peers in parallel, files one after the other); one
+    result per (file, peer): `to`, `name`, `size`, `method`, or `error` and `code`.
+    `report` gets {"progress": bytes, "total": bytes, "name": file} every
+    REPORT_EVERY seconds while bytes move."""
+    results: list[dict[str, Any]] = []
+    for source in sources:
+        progresses = [Progress(source.size) for _ in names]
+
+        async def one(name: str, progress: Progress, source: Source = source
+                      ) -> dict[str, Any]:
+            try:
+                sent = await sender.send(name, source, timeout=timeout, wait=wait,
+                                         method=method, progress=progress)
+                return sent.to_json()
+            except XmpplError as exc:
+                return {"to": name, "name": source.name, "error": str(exc),
+                        "code": exc.exit_code}
+
+        work = asyncio.ensure_future(asyncio.gather(
+            *(one(n, p) for n, p in zip(names, progresses, strict=True))))
+        total = source.size * len(names)
+        while report is not None and not work.done():
+            await asyncio.wait({work}, timeout=REPORT_EVERY)
+            report({"progress": sum(p.done for p in progresses), "total": total,
+                    "name": source.name})
+        results.extend(await work)
+    return results
+
+
+def raise_first(results: list[dict[str, Any]]) -> None:
+    """The first failure as its error, saying how many went through."""
+    failed = [r for r in results if "error" in r]
+    if not failed:
+        return
+    ok = len(results) - len(failed)
+    first = failed[0]
+    detail = f" ({ok} of {len(results)} transfers done)" if len(results) > 1 else ""
+    raise XmpplError(f"{first['error']}{detail}", int(first["code"]))

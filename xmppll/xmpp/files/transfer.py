@@ -261,3 +261,39 @@ def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
     except ConnectionError as exc:
         raise IOFailure(f"the sender dropped the connection after {sink.received} "
                         f"bytes: {exc}") from None
+
+
+def open_source(path: str, name: str | None = None) -> Source:
+    """A file to send, opened now: NoInputError (exit 66) when it cannot be read.
+    A pipe or terminal (`-` is stdin) is first spooled to an unlinked temporary file:
+    SI must announce the size before the first byte, and sendfile needs a file."""
+    import shutil
+    import stat
+    import sys
+    import tempfile
+
+    from xmppll.errors import NoInputError
+
+    try:
+        fh = (os.fdopen(os.dup(sys.stdin.fileno()), "rb") if path == "-"
+              else open(path, "rb"))  # noqa: SIM115 (closed by Source.close)
+        info = os.fstat(fh.fileno())
+    except OSError as exc:
+        raise NoInputError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        fh.close()
+        raise NoInputError(f"cannot send {path}: it is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        spool = tempfile.TemporaryFile(prefix="xmppll-send-")  # noqa: SIM115
+        try:
+            shutil.copyfileobj(fh, spool, CHUNK)
+        except OSError as exc:
+            spool.close()
+            raise NoInputError(f"cannot read {path}: {exc.strerror}") from None
+        finally:
+            fh.close()
+        spool.seek(0)
+        fh = spool  # type: ignore[assignment]
+    size = os.fstat(fh.fileno()).st_size
+    shown = name or ("stdin" if path == "-" else os.path.basename(path))
+    return Source(shown, size, fh, guess_mime(shown), path)
