@@ -184,7 +184,7 @@ def _send_files_via_agent(paths: list[str], shown: list[str | None], *, agent: s
     spooled: list[str] = []
     full: list[str] = []
     try:
-        for path, name in zip(paths, shown, strict=True):
+        for path in paths:
             if path == "-":
                 fd, tmp = tempfile.mkstemp(prefix="xmppll-stdin-")
                 spooled.append(tmp)
@@ -200,7 +200,6 @@ def _send_files_via_agent(paths: list[str], shown: list[str | None], *, agent: s
             if os.path.isdir(path):
                 raise NoInputError(f"cannot send {path}: it is a directory")
             full.append(os.path.abspath(path))
-            del name
         names = [n or ("stdin" if p == "-" else None) for p, n in zip(paths, shown,
                                                                      strict=True)]
         for line in control.stream(agent, "send_file", files=full, names=names, to=to,
