@@ -29,6 +29,10 @@ class DataError(XmpplError):
     exit_code = 65  # EX_DATAERR
 
 
+class NoInputError(XmpplError):
+    exit_code = 66  # EX_NOINPUT: a file to send cannot be read
+
+
 class NoPeerError(XmpplError):
     exit_code = 68  # EX_NOHOST
 
@@ -88,9 +92,10 @@ EXIT_CODES: dict[int, str] = {
     1: "internal error: a bug (a Python traceback says where)",
     64: "usage error: bad option, argument or status word",
     65: "bad input data: invalid name, TXT value, JSON line or message",
+    66: "a file to send cannot be read",
     68: "no such peer on the link",
-    69: "unavailable: peer refused the stream, no agent is running, or the DNS server "
-        "cannot be reached",
+    69: "unavailable: peer refused the stream or declined the file, no agent is running, "
+        "or the DNS server cannot be reached",
     70: "internal software error reported by the agent",
     74: "I/O error: socket, disk or closed output pipe",
     75: "timeout: the peer, the link or the DNS server did not answer in time",

@@ -22,6 +22,7 @@ from typing import Any
 from xmppll import identity
 from xmppll.agent import retention
 from xmppll.agent.control_server import ControlServer, reply
+from xmppll.agent.downloads import DownloadConfig, Downloads
 from xmppll.agent.inbox import Inbox, catch_up
 from xmppll.agent.policy import Policy
 from xmppll.agent.store import InboxStore, message_key
@@ -55,6 +56,7 @@ class AgentConfig:
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
     wide: Any = None  # WideAreaSettings: also publish and browse these DNS-SD domains
     retention_policy: Policy = field(default_factory=Policy)
+    downloads: DownloadConfig = field(default_factory=DownloadConfig)  # files offered to us
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -88,6 +90,7 @@ class Agent:
         self.store: InboxStore | None = None
         self.hub: Hub | None = None
         self.delivery: Delivery | None = None
+        self.downloads: Downloads | None = None
         self.ready = asyncio.Event()
         self._lock_fd: int | None = None
         self.control = ControlServer(self)
@@ -150,6 +153,7 @@ class Agent:
                        verify=self.config.verify)
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
             resolve=self._resolve, stale=self.directory.stale, sources=self._sources))
+        self.downloads = Downloads(self.config.downloads, dispatcher, self.hub, store)
 
     async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
         return peer_info(await self.directory.resolve(name, wait))
@@ -376,6 +380,26 @@ class Agent:
                                         receipt=bool(req.get("receipt")))
         await reply(writer, {"ok": True, "id": sent.id, "to": sent.to,
                               "streams_opened": self.hub.dialled})
+
+    async def op_send_file(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Offer files (by path) to a peer or to everyone; streams progress lines,
+        then the results (agent/file_ops.py)."""
+        from xmppll.agent.file_ops import send_file
+
+        assert self.delivery is not None
+        names = [p.name for p in self.directory.peers()] if req.get("everyone") else None
+        await send_file(self.delivery, self._sources, req, writer, names)
+
+    async def op_accept(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Accept a pending file offer; the reply is its `received` record."""
+        assert self.downloads is not None
+        record = await self.downloads.accept(str(req.get("id")), req.get("to"))
+        await reply(writer, {"ok": True, "record": record})
+
+    async def op_decline(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        assert self.downloads is not None
+        record = await self.downloads.decline(str(req.get("id")), req.get("reason"))
+        await reply(writer, {"ok": True, "record": record})
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})

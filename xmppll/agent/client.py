@@ -176,3 +176,95 @@ def _send_via_agent(agent: str, record: Record, *, everyone: bool, timeout: floa
                          f"({len(results) - len(failed)} of {len(results)} peers took it)",
                          failed[0]["code"])
     return len(results)
+
+
+def send_files(paths: list[str], shown: list[str | None], *, agent: str | None, me: str,
+               to: str | None, everyone: bool, timeout: float, wait: float, method: str,
+               interfaces: list[str] | None,
+               report: Callable[[Record], None] | None = None) -> list[Record]:
+    """Offer each file (`-` is stdin) to `to` or every peer; returns one result per
+    (file, peer) once every receiver has all the bytes, raises the first failure."""
+    if agent is None:
+        import asyncio
+
+        from xmppll.agent import sending
+
+        options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=False,
+                                  interfaces=interfaces)
+        results = asyncio.run(sending.send_files(to, paths, shown, options,
+                                                 everyone=everyone, method=method,
+                                                 report=report))
+    else:
+        results = _send_files_via_agent(paths, shown, agent=agent, to=to,
+                                        everyone=everyone, timeout=timeout, wait=wait,
+                                        method=method, report=report)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        detail = (f" ({len(results) - len(failed)} of {len(results)} transfers done)"
+                  if len(results) > 1 else "")
+        raise XmpplError(f"{failed[0]['error']}{detail}", int(failed[0]["code"]))
+    return results
+
+
+def _send_files_via_agent(paths: list[str], shown: list[str | None], *, agent: str,
+                          to: str | None, everyone: bool, timeout: float, wait: float,
+                          method: str, report: Callable[[Record], None] | None
+                          ) -> list[Record]:
+    """The agent opens the files by path (it runs as this user); stdin is spooled to
+    a private temporary file first, removed when done."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from xmppll.errors import NoInputError
+
+    spooled: list[str] = []
+    full: list[str] = []
+    try:
+        for path in paths:
+            if path == "-":
+                fd, tmp = tempfile.mkstemp(prefix="xmppll-stdin-")
+                spooled.append(tmp)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+                full.append(tmp)
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise NoInputError(f"cannot read {path}: {exc.strerror}") from None
+            if os.path.isdir(path):
+                raise NoInputError(f"cannot send {path}: it is a directory")
+            full.append(os.path.abspath(path))
+        names = [n or ("stdin" if p == "-" else None) for p, n in zip(paths, shown,
+                                                                     strict=True)]
+        for line in control.stream(agent, "send_file", files=full, names=names, to=to,
+                                   everyone=everyone, send_timeout=timeout, wait=wait,
+                                   method=method):
+            if line.get("ok") is False:
+                raise XmpplError(line.get("error", "the agent failed"),
+                                 int(line.get("code", 70)))
+            if line.get("done"):
+                return line["sent"]
+            if report is not None and "progress" in line:
+                report(line)
+        raise UnavailableError(f"the agent for {agent} went away during the transfer")
+    finally:
+        for tmp in spooled:
+            os.unlink(tmp)
+
+
+def accept(agent: str | None, offer_id: str, to: str | None) -> Record:
+    """Accept a pending file offer; returns its `received` record once on disk."""
+    import os
+
+    target = control.find_agent(agent)
+    folder = os.path.abspath(to) if to else None
+    return control.request(target, "accept", id=offer_id, to=folder, timeout=None)["record"]
+
+
+def decline(agent: str | None, offer_id: str, reason: str | None) -> Record:
+    target = control.find_agent(agent)
+    return control.request(target, "decline", id=offer_id, reason=reason)["record"]

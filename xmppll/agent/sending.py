@@ -269,3 +269,29 @@ async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Optio
     return tally.sent
 
 
+
+
+async def send_files(to: str | None, paths: list[str], shown: list[str | None],
+                     options: Options, *, everyone: bool = False, method: str = "auto",
+                     report: Any = None) -> list[dict[str, Any]]:
+    """`send --file` without an agent: each file to `to` (or every peer) from a
+    one-shot session; one result per (file, peer). Files are opened first, so one
+    that cannot be read fails (66) before anything goes on the link."""
+    from xmppll.xmpp.files.send import FileSender
+    from xmppll.xmpp.files.send import send_files as send_each
+    from xmppll.xmpp.files.transfer import open_source
+
+    opened = []
+    try:
+        for path, name in zip(paths, shown, strict=True):
+            opened.append(open_source(path, name))
+        async with OneShot(options) as session:
+            names = await session.all_peers() if everyone else [to or ""]
+            if not names:
+                raise NoPeerError("no peers on the link")
+            sender = FileSender(session.delivery, lambda: session.sources)
+            return await send_each(sender, names, opened, timeout=options.timeout,
+                                   wait=options.wait, method=method, report=report)
+    finally:
+        for source in opened:
+            source.close()

@@ -6,8 +6,10 @@ them, so `status`, `withdraw` and `--help` cost a Python start and a socket roun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -19,6 +21,8 @@ from xmppll.cli.keep import keep_options
 from xmppll.errors import UsageError, XmpplError
 
 STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
+ACCEPT_CHOICE = click.Choice(["never", "ask", "verified", "always"])
+METHOD_CHOICE = click.Choice(["auto", "si", "oob"])
 
 
 def interface_option(func: Any) -> Any:
@@ -101,6 +105,33 @@ def verbose_option(func: Any) -> Any:
                         help="Show the mDNS and stream steps on stderr.")(func)
 
 
+def download_options(func: Any) -> Any:
+    """Files offered to the agent (announce, and listen when it starts the agent)."""
+    func = click.option("--max-file-size", type=int, default=None, metavar="BYTES",
+                        help="Decline offers larger than this [default: 1073741824, "
+                             "1 GiB].", **_env("max_file_size"))(func)
+    func = click.option("--download-dir", type=click.Path(file_okay=False), default=None,
+                        metavar="DIR", help="Where received files go, one folder per "
+                        "sender [default: $XDG_DOWNLOAD_DIR/xmppll, else "
+                        "~/Downloads/xmppll].", **_env("download_dir"))(func)
+    return click.option("--accept-files", type=ACCEPT_CHOICE, default="ask",
+                        show_default=True, help="File offers: decline all, ask (accept "
+                        "with xmppll accept ID), accept verified senders at once, or "
+                        "accept all.", **_env("accept_files"))(func)
+
+
+def _downloads(accept_files: str, download_dir: str | None,
+               max_file_size: int | None) -> Any:
+    from pathlib import Path
+
+    from xmppll.agent.downloads import MAX_FILE_SIZE, DownloadConfig, default_download_dir
+
+    if max_file_size is not None and max_file_size <= 0:
+        raise UsageError("--max-file-size must be positive")
+    folder = Path(download_dir).expanduser() if download_dir else default_download_dir()
+    return DownloadConfig(accept_files, folder, max_file_size or MAX_FILE_SIZE)
+
+
 def quiet_option(func: Any) -> Any:
     return click.option("--quiet", "-q", is_flag=True,
                         help="Print nothing but errors.")(func)
@@ -166,6 +197,7 @@ def _env(key: str) -> dict[str, Any]:
 @click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
               "is taken.")
 @keep_options
+@download_options
 @interface_option
 @dns_options(key=True, publish=True)
 @json_option
@@ -175,6 +207,7 @@ def _env(key: str) -> dict[str, Any]:
 def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
+             accept_files: str, download_dir: str | None, max_file_size: int | None,
              interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
              quiet: bool, **dns: Any) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
@@ -209,6 +242,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         rename=not no_rename, port_given=port is not None,
         reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True),
         retention_policy=keep.policy(),
+        downloads=_downloads(accept_files, download_dir, max_file_size),
     )
     emit_json = render.wants_json(as_json)
     _setup_logging(verbose)
@@ -435,22 +469,32 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--id", "id_", metavar="ID", help="The message id [default: a new one]. "
               "A receiver stores a message it already has (same sender, same id) only "
               "once, so a script can retry with the same --id without doubling it.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
-              metavar="SECONDS", help="Seconds to deliver each message.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Seconds to deliver each message, or for a receiver to accept each "
+              "file [default: 10; with --file: 120, as a person may have to accept].")
 @click.option("--wait", type=float, default=0.0, metavar="SECONDS",
               help="Seconds to wait for TO to appear on the link [default: 0].")
 @click.option("--json", "json_input", is_flag=True, help="Read JSON Lines of the stanza "
               "shape from stdin (to and body required).")
 @click.option("--lines", is_flag=True, help="One message per line of stdin.")
 @click.option("--all", "everyone", is_flag=True, help="Send to every peer on the link.")
+@click.option("--file", "files", multiple=True, metavar="PATH",
+              help="Offer the file PATH (repeatable; - is stdin); exits 0 once the "
+              "receiver has every byte, 69 when declined, 66 when PATH cannot be read.")
+@click.option("--name", "file_name", metavar="NAME", help="The file name to offer "
+              "stdin (--file -) under [default: stdin].")
+@click.option("--method", type=METHOD_CHOICE, default="auto", show_default=True,
+              help="How files move: SI with SOCKS5 bytestreams (libpurple), OOB over "
+              "HTTP (telepathy-salut, iChat), or what the peer takes.")
 @interface_option
 @dns_options()
 @verbose_option
 @quiet_option
 def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, id_: str | None,
-         timeout: float,
-         wait: float, json_input: bool, lines: bool, everyone: bool,
+         timeout: float | None,
+         wait: float, json_input: bool, lines: bool, everyone: bool, files: tuple[str, ...],
+         file_name: str | None, method: str,
          interfaces: tuple[str, ...], verbose: bool, quiet: bool, **dns: Any) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
@@ -467,10 +511,19 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
       xmppll send --all "lunch is here"
       xmppll send --wait 60 juliet@capulet "you are up"
       xmppll send --id build-42 ops@buildbox "build 42 ok"   # safe to retry
-      xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json"""
+      xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json
+      xmppll send juliet@capulet --file report.pdf "the report"
+      make 2>&1 | xmppll send ops@buildbox --file - --name build.log"""
     from xmppll import identity
     from xmppll.agent import client
 
+    if files:
+        _send_files(to, text, from_, files, file_name, method, timeout, wait, everyone,
+                    interfaces, verbose, quiet)
+        return
+    if file_name is not None:
+        raise UsageError("--name names stdin sent with --file -")
+    timeout = 10.0 if timeout is None else timeout
     if timeout <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
     if everyone and to:
@@ -497,6 +550,89 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
         client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
                     wait=wait, receipt=receipt, interfaces=ifaces, wide=_wide(dns))
+
+
+FILE_TIMEOUT = 120.0
+
+
+@contextlib.contextmanager
+def _transfer_progress(enabled: bool) -> Any:
+    """A progress bar per file on stderr (bytes, rate, time left: click's own bar),
+    only on a terminal; yields the callback that gets the progress lines."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bars: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+
+    def show(_: Any) -> str:
+        done, rate = state.get("done", 0), state.get("rate", 0.0)
+        return f"{render.safe(state.get('name', ''))} {_size(done)} at {_size(rate)}/s"
+
+    def report(line: dict[str, Any]) -> None:
+        name, total, done = line["name"], int(line["total"]), int(line["progress"])
+        bar = bars.get(name)
+        if bar is None:
+            for other in bars.values():
+                other.render_finish()
+            bar = bars[name] = click.progressbar(
+                length=max(total, 1), file=sys.stderr, show_eta=True, show_percent=True,
+                item_show_func=show, width=24)
+            state.update(start=time.monotonic(), last=0)
+        elapsed = max(1e-3, time.monotonic() - state["start"])
+        state.update(name=name, done=done, rate=done / elapsed)
+        bar.update(done - state["last"], current_item=name)
+        state["last"] = done
+
+    try:
+        yield report
+    finally:
+        for bar in bars.values():
+            bar.render_finish()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _send_files(to: str | None, text: tuple[str, ...], from_: str | None,
+                files: tuple[str, ...], file_name: str | None, method: str,
+                timeout: float | None, wait: float, everyone: bool,
+                interfaces: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+    """`send --file`: TEXT (if any) as a message first, then each file."""
+    from xmppll import identity
+    from xmppll.agent import client
+
+    timeout = FILE_TIMEOUT if timeout is None else timeout
+    if timeout <= 0 or wait < 0:
+        raise UsageError("--timeout must be positive and --wait not negative")
+    if everyone and to:
+        text = (to, *text)
+        to = None
+    if not to and not everyone:
+        raise UsageError("missing TO: name a peer, or use --all")
+    if files.count("-") > 1:
+        raise UsageError("stdin can be sent once: give --file - only once")
+    if file_name is not None and "-" not in files:
+        raise UsageError("--name names stdin: use it with --file -")
+    me = identity.check_instance_name(from_ or identity.default_name())
+    ifaces = _check_interfaces(interfaces)
+    agent = None if ifaces else client.sending_agent(from_)
+    if verbose or not agent:
+        _setup_logging(verbose)
+    if text:
+        client.send(iter([(0, {"to": to, "body": " ".join(text)})]), agent=agent, me=me,
+                    everyone=everyone, timeout=min(timeout, 10.0), wait=wait,
+                    receipt=False, interfaces=ifaces)
+    shown = [file_name if f == "-" else None for f in files]
+    with _transfer_progress(enabled=not (quiet or verbose)) as report:
+        client.send_files(list(files), shown, agent=agent, me=me, to=to,
+                          everyone=everyone, timeout=timeout, wait=wait, method=method,
+                          interfaces=ifaces, report=report)
 
 
 def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
@@ -551,13 +687,15 @@ def _json_records(default_to: str | None) -> Any:
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
 @keep_options
+@download_options
 @interface_option
 @json_option
 @verbose_option
 @quiet_option
 @color_option
 def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
-           verify: str, port: int | None, no_announce: bool, interfaces: tuple[str, ...],
+           verify: str, port: int | None, no_announce: bool, accept_files: str,
+           download_dir: str | None, max_file_size: int | None, interfaces: tuple[str, ...],
            as_json: bool | None, verbose: bool, quiet: bool) -> None:
     """Print each received stanza as one JSON line (a readable line on a terminal).
 
@@ -586,7 +724,9 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     agent = client.running(name)
     if not agent:
-        background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet)
+        background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet,
+                                         _downloads(accept_files, download_dir,
+                                                    max_file_size))
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
         # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -622,7 +762,8 @@ def _interrupt(*_: object) -> None:
 
 
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
-                 ifaces: list[str] | None, quiet: bool = False) -> tuple[Any, str]:
+                 ifaces: list[str] | None, quiet: bool = False,
+                 downloads: Any = None) -> tuple[Any, str]:
     from xmppll import identity
     from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
     from xmppll.discovery.presence import Presence
@@ -632,6 +773,7 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
         presence=Presence(port=port or DEFAULT_PORT), interfaces=ifaces or [],
         port_given=port is not None, verify=verify, publish=not no_announce,
         retention_policy=keep.policy(),
+        **({"downloads": downloads} if downloads is not None else {}),
     )
 
     def emit(event: dict[str, Any]) -> None:
@@ -674,6 +816,62 @@ def inbox(name: str | None, prune: bool, peer: str | None, last: int,
                    policy=keep.policy(), as_json=render.wants_json(as_json))
 
 
+@cli.command()
+@click.argument("offer_id", metavar="ID")
+@click.option("--to", "folder", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write the file into DIR [default: the download folder of the "
+              "sender].")
+@click.option("--name", metavar="NAME", shell_complete=_complete_agents,
+              help="Which agent, when several run.")
+@json_option
+@quiet_option
+@color_option
+def accept(offer_id: str, folder: str | None, name: str | None, as_json: bool | None,
+           quiet: bool) -> None:
+    """Accept the file offer ID (from a `file` record of listen) and wait until the
+    file is on disk; prints its `received` record (path, size, sha256).
+
+    \b
+    Examples:
+      xmppll accept f3
+      xmppll accept f3 --to ~/incoming"""
+    from xmppll.agent import client
+
+    record = client.accept(name, offer_id, folder)
+    if not quiet:
+        _print_record(record, as_json)
+
+
+@cli.command()
+@click.argument("offer_id", metavar="ID")
+@click.option("--reason", metavar="TEXT", help="Tell the sender why.")
+@click.option("--name", metavar="NAME", shell_complete=_complete_agents,
+              help="Which agent, when several run.")
+@json_option
+@quiet_option
+@color_option
+def decline(offer_id: str, reason: str | None, name: str | None, as_json: bool | None,
+            quiet: bool) -> None:
+    """Decline the file offer ID; the sender's `send --file` exits 69.
+
+    \b
+    Examples:
+      xmppll decline f3 --reason "too big for this laptop"
+    """
+    from xmppll.agent import client
+
+    record = client.decline(name, offer_id, reason)
+    if not quiet:
+        _print_record(record, as_json)
+
+
+def _print_record(record: dict[str, Any], as_json: bool | None) -> None:
+    if render.wants_json(as_json):
+        render.write_json(record)
+    else:
+        render.write_line(render.stanza_line(record, color=render.use_color()))
+
+
 @cli.command("config")
 @json_option
 def show_config(as_json: bool | None) -> None:
@@ -705,11 +903,14 @@ def show_config(as_json: bool | None) -> None:
 
 
 def _builtin(key: str, identity: Any) -> Any:
+    from xmppll.agent.downloads import MAX_FILE_SIZE, default_download_dir
     from xmppll.agent.policy import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_SIZE
 
     return {"name": identity.default_name(), "status": "avail", "port": 5298,
             "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60,
-            "keep_days": DEFAULT_KEEP_DAYS, "keep_size": DEFAULT_KEEP_SIZE}.get(key)
+            "keep_days": DEFAULT_KEEP_DAYS, "keep_size": DEFAULT_KEEP_SIZE,
+            "accept_files": "ask", "download_dir": str(default_download_dir()),
+            "max_file_size": MAX_FILE_SIZE}.get(key)
 
 
 def main() -> None:

@@ -22,6 +22,9 @@ only reads and checks the file and says where each setting came from.
     dns_host = "host.lan.example"  # an existing name for our SRV (default: our own)
     keep_days = 30              # inbox: read messages older than this may go
     keep_size = "256M"          # inbox: read history kept in all
+    accept_files = "ask"        # never | ask | verified | always
+    download_dir = "~/Downloads/xmppll"
+    max_file_size = 1073741824  # bytes
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ SETTINGS: dict[str, type] = {
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
     "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
     "keep_days": int, "keep_size": str,
+    "accept_files": str, "download_dir": str, "max_file_size": int,
 }
-CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
+CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off"),
+           "accept_files": ("never", "ask", "verified", "always")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
     "name": ("announce", "listen", "inbox"),
@@ -54,6 +59,9 @@ COMMANDS = {
     "tsig_key": ("announce", "withdraw"),
     "dns_ttl": ("announce",), "dns_host": ("announce",),
     "keep_days": ("announce", "listen", "inbox"), "keep_size": ("announce", "listen", "inbox"),
+    "accept_files": ("announce", "listen"),
+    "download_dir": ("announce", "listen"),
+    "max_file_size": ("announce", "listen"),
 }
 
 

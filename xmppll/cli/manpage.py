@@ -284,6 +284,20 @@ EXTRA: dict[str, list[Block]] = {
               "after reading it, or, with `--receipt`, when its XEP-0184 receipt "
               "arrived. With several messages (`--lines`, `--json`) the command stops at "
               "the first failure and says how many went out before it."),
+        ("p", "With `--file`, each file is offered the way the peer takes files: "
+              "libpurple (Pidgin, finch) by XEP-0096 SI over XEP-0065 SOCKS5 "
+              "bytestreams, telepathy-salut and iChat by jabber:iq:oob (the receiver "
+              "fetches it over HTTP from us), another xmppll by SI. The command exits 0 "
+              "only once the receiver has every byte, 69 when it declines, 75 when "
+              "nobody accepts within `--timeout` (120 s for files), 66 when a file "
+              "cannot be read. Standard input (`--file -`) is first spooled to a "
+              "temporary file, as SI must announce the size. On a terminal a progress "
+              "bar on standard error shows bytes, rate and time left; `-q` hides it."),
+    ],
+    "accept": [
+        ("p", "Offers wait for an answer while the sender's stream is open. The file "
+              "goes to the sender's folder under the download directory unless `--to` "
+              "is given; it is written to a `.part` file and renamed once complete."),
     ],
     "listen": [
         ("p", "Each stanza is printed once it is on disk; `--backlog` first prints what "
@@ -313,6 +327,9 @@ ENV_HELP = {
     "XMPPLL_VERIFY": "How listen treats senders it cannot verify: strict, mark or off.",
     "XMPPLL_KEEP_DAYS": "Inbox retention: days of read history to keep (default 30).",
     "XMPPLL_KEEP_SIZE": "Inbox retention: read history to keep in all (default 256M).",
+    "XMPPLL_ACCEPT_FILES": "File offers: never, ask, verified or always.",
+    "XMPPLL_DOWNLOAD_DIR": "Where received files go (a folder per sender).",
+    "XMPPLL_MAX_FILE_SIZE": "Offers larger than this many bytes are declined.",
 }
 
 OTHER_ENV: list[Block] = [
@@ -327,6 +344,10 @@ OTHER_ENV: list[Block] = [
     ("tp", "`XMPPLL_MDNS_TTL`", "Seconds every published record lives, instead of "
                                "120 s and 75 min (RFC 6762); for tests of expiry and sleep."),
     ("tp", "`_XMPPLL_COMPLETE`", "Set by the shell completion scripts; not for people."),
+    ("tp", "`XDG_DOWNLOAD_DIR`", "The default download folder is its `xmppll` "
+                                 "subfolder (else `~/Downloads/xmppll`)."),
+    ("tp", "`XMPPLL_FILE_STALL`", "Seconds without a byte moving before a file "
+                                  "transfer fails (default 30)."),
 ]
 
 FILES: list[Block] = [
@@ -346,6 +367,9 @@ FILES: list[Block] = [
     ("tp", "`$XDG_STATE_HOME/xmppll/NAME/published.json`",
      "The records the running agent published (for `withdraw --stale` after a crash)."),
     ("tp", "`$XDG_STATE_HOME/xmppll/NAME/agent.lock`", "Held by the agent for NAME."),
+    ("tp", "`$XDG_DOWNLOAD_DIR/xmppll/SENDER/`",
+     "Received files, one folder per sender (`~/Downloads/xmppll/SENDER/` without "
+     "XDG_DOWNLOAD_DIR; `--download-dir` or config download_dir elsewhere)."),
     ("tp", "`$XDG_RUNTIME_DIR/xmppll/NAME.sock`",
      "The agent's control socket (directory 0700, socket 0600); "
      "`/tmp/xmppll-UID/NAME.sock` without XDG_RUNTIME_DIR."),
@@ -510,6 +534,33 @@ OPS: list[tuple[str, str, str]] = [
      "stored is not stored again."),
     ("withdraw", "none",
      "`name`; then the agent sends goodbyes, removes its socket and exits."),
+    ("send_file", "`files`: paths the agent opens (the same user's); `names`: the name "
+                  "to offer each under, or null; `to`, or `everyone` (boolean); "
+                  "`send_timeout` (seconds for a receiver to accept, default 120); "
+                  "`wait`; `method` (auto, si or oob)",
+     "streaming: this reply, then `{\"progress\", \"total\", \"name\"}` lines while "
+     "bytes move, then `{\"done\": true, \"sent\": [...]}`, one object per file and "
+     "peer: `to`, `name`, `size`, `method`, or `to`, `name`, `error` and `code`."),
+    ("accept", "`id`: a pending offer; `to` (optional): a folder",
+     "once the file is on disk: `record`, its `received` record (a failure is an error "
+     "reply with the reason)."),
+    ("decline", "`id`: a pending offer; `reason` (optional): told to the sender",
+     "`record`: the `declined` record."),
+]
+
+FILE_FIELDS: list[tuple[str, str]] = [
+    ("state", "`offered`, then `received`, `failed` or `declined` (records with the "
+              "same `id`)."),
+    ("name", "The file name, made safe (no path, no control characters, no leading "
+             "dot); `offered_name` is the one the sender gave when they differ."),
+    ("size", "Bytes announced (`offered`) or written (`received`); null when an OOB "
+             "offer does not say."),
+    ("mime", "The MIME type the sender gave."),
+    ("method", "`si` (XEP-0096 over SOCKS5 bytestreams) or `oob` (jabber:iq:oob, HTTP)."),
+    ("path", "For `received`: where the file is (never over an existing file: "
+             "` (1)` is added)."),
+    ("sha256", "For `received`: the SHA-256 of the bytes written."),
+    ("reason", "For `failed` and `declined`: why."),
 ]
 
 
@@ -558,6 +609,22 @@ def records_page() -> str:
             + [("p", "A received line becomes a reply with one jq filter:"),
                ("ex", ["xmppll listen | jq --unbuffered -c \\",
                        "    '{to: .from, body: (\"echo: \" + .body)}' | xmppll send --json"])])),
+        ("FILE RECORDS", render_blocks(
+            [("p", "A file offered to the agent is a record in the inbox with `\"kind\": "
+                   "\"file\"`, the `id` that `xmppll accept ID` and `xmppll decline ID` "
+                   "name, `from`, `to`, `verified`, `peer` and `received` as for stanzas, "
+                   "and:"),
+             ("ex", ['{"seq": 9, "kind": "file", "state": "offered", "id": "f1",',
+                     ' "from": "romeo@montague", "name": "build.log", "size": 5120,',
+                     ' "mime": "text/plain", "verified": true, "method": "si", ...}',
+                     '{"seq": 10, "kind": "file", "state": "received", "id": "f1",',
+                     ' "path": "/home/j/Downloads/xmppll/romeo@montague/build.log",',
+                     ' "size": 5120, "sha256": "...", ...}'])]
+            + fields(FILE_FIELDS)
+            + [("p", "The file is written to a `.part` file in the sender's folder, "
+                     "fsync'd and renamed only once complete; a transfer that fails "
+                     "(more or fewer bytes than announced, a stall, a refused address) "
+                     "leaves nothing behind.")])),
         ("AGENT EVENTS", render_blocks(
             [("p", "`xmppll announce` prints one record per event of its agent, each with "
                    "an `event` key:")] + fields(AGENT_EVENTS))),

@@ -196,9 +196,23 @@ def stanza_line(record: dict[str, Any], *, color: bool = False) -> str:
     sender = record.get("from") or (record.get("peer") or {}).get("name") or "?"
     if record.get("kind") == "message" and record.get("body") is not None:
         text = record["body"]
+    elif record.get("kind") == "file":
+        text = file_text(record)
     else:
         text = f"<{record.get('kind')}> {record.get('xml', '')}"
     return f"[{when}] {paint(safe(sender), '1', color)}{mark}: {safe(text)}"
+
+
+def file_text(record: dict[str, Any]) -> str:
+    """A file record for a person: what happened to which file, and what to do."""
+    state, name = record.get("state"), record.get("name")
+    size = f" ({record['size']} bytes)" if record.get("size") is not None else ""
+    if state == "offered":
+        return (f"offers {name}{size}: xmppll accept {record.get('id')} "
+                f"(or decline {record.get('id')})")
+    if state == "received":
+        return f"sent {name}{size}, saved as {record.get('path')}"
+    return f"{name}{size} {state}: {record.get('reason', '')}"
 
 
 def error(message: str) -> None:

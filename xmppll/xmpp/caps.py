@@ -15,8 +15,12 @@ CAPS_NODE = "https://github.com/xmppll/xmppll"
 CAPS_HASH = "sha-1"
 IDENTITY: tuple[str, str, str] = ("client", "pc", "xmppll")  # category, type, name
 FEATURES: tuple[str, ...] = (
+    "http://jabber.org/protocol/bytestreams",  # XEP-0065, files (xmpp/files/)
     "http://jabber.org/protocol/caps",
     "http://jabber.org/protocol/disco#info",
+    "http://jabber.org/protocol/si",  # XEP-0095/0096 file offers
+    "http://jabber.org/protocol/si/profile/file-transfer",
+    "jabber:iq:oob",  # XEP-0066, files over HTTP (salut, iChat)
     "urn:xmpp:receipts",
 )
 

@@ -29,8 +29,9 @@ log = logging.getLogger("xmppll")
 
 # (connection, message) -> True when the handler consumed it (it is not stored)
 MessageHandler = Callable[["Connection", ET.Element], bool]
-# (connection, IQ get/set) -> the reply to send
-IqHandler = Callable[["Connection", ET.Element], Awaitable[ET.Element]]
+# (connection, IQ get/set) -> the reply to send, or None when the handler answers it
+# later itself (a file offer waits for `xmppll accept`; an OOB result follows the GET)
+IqHandler = Callable[["Connection", ET.Element], Awaitable[ET.Element | None]]
 # (connection, stored stanza) -> an answer to send once it is on disk, or None
 AfterStore = Callable[["Connection", ET.Element], ET.Element | None]
 
@@ -111,7 +112,8 @@ class Dispatcher:
         if handler is None:
             return False
         reply = await handler(conn, element)
-        await conn.send([reply])
+        if reply is not None:
+            await conn.send([reply])
         return True
 
     async def request(self, conn: Connection, iq: ET.Element, timeout: float) -> ET.Element:
