@@ -562,3 +562,51 @@ def test_send_json_bad_third_line(net: Net, path: str) -> None:
     stored = mine(inbox(net.b, "tester@h2"), tok)
     assert [r["body"] for r in stored] == [f"{tok} 1", f"{tok} 2"]
     assert stored[1]["subject"] == "s"
+
+
+# --- both ways on one connection; exactly once across retries (issue 10) ----------------
+
+def test_a_reply_on_the_stream_we_opened_reaches_listen_once(net: Net) -> None:
+    """A responder-only bot (it never dials) answers on the stream our agent opened:
+    the answer is in `listen` exactly once, and the send still exits 0."""
+    bot = net.start_raw(net.d, "publish", "echo@h4", "--echo")
+    bot.out.wait_for("ready", 10)
+    tok = token()
+    back = net.start(net.a, "listen", "tester@h1")
+    time.sleep(0.5)  # `listen` prints from when it attaches
+    sent_ok(net.a, "--wait", "5", "echo@h4", f"{tok} hi bot")
+    echoed = back.out.wait_json(lambda r: tok in (r.get("body") or ""), 10)
+    assert echoed["body"] == f"echo {tok} hi bot" and echoed["from"] == "echo@h4"
+    assert echoed["verified"] is True
+    records = mine(inbox(net.a, "tester@h1"), tok)
+    assert [r["body"] for r in records] == [f"echo {tok} hi bot"], records
+
+
+def test_a_connection_cut_before_the_receipt_is_retried_and_stored_once(net: Net) -> None:
+    """The receiver stores the message, its receipt never reaches the sender, and the
+    sender's connection is then cut: send retries once on a new connection with the same
+    id, exits 0, and the receiver's inbox holds the message once. The same
+    `send --id` run again does not double it."""
+    port = net.ports["tester@h2"]
+    sent_ok(net.a, "tester@h2", f"{token()} warm-up")  # the agent's stream stays open
+    msg_id = f"cut-{token()}"
+    tok = token()
+    # On h2, the agent's data on that port is dropped (its receipt never leaves).
+    table = f"xmppllcut{tok}"
+    rules = (f"table inet {table} {{\n chain out {{\n"
+             f"  type filter hook output priority 0;\n"
+             f"  tcp sport {port} meta length > 100 drop\n }}\n}}\n")
+    net.b.run(["nft", "-f", "-"], input=rules, timeout=10, check=True)
+    try:
+        sender = net.start(net.a, "send", "--id", msg_id, "tester@h2", f"{tok} once")
+        wait_until(lambda: mine(inbox(net.b, "tester@h2"), tok), 10, "the message stored")
+        # Cut the sender's connection: it sees the stream end with no receipt.
+        net.a.run(["ss", "-K", "dst", net.b.ipv4, "dport", "=", str(port)], timeout=10)
+    finally:
+        net.b.run(["nft", "delete", "table", "inet", table], timeout=10, check=True)
+    assert sender.popen.wait(30) == 0, sender.err.lines
+    net.agents["tester@h1"].err.wait_for(lambda line: f"sending {msg_id} again" in line, 5)
+    records = mine(inbox(net.b, "tester@h2"), tok)
+    assert [(r["body"], r["id"]) for r in records] == [(f"{tok} once", msg_id)], records
+    sent_ok(net.a, "--id", msg_id, "tester@h2", f"{tok} once")
+    assert len(mine(inbox(net.b, "tester@h2"), tok)) == 1, "a retry with --id was stored"

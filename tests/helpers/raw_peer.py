@@ -4,7 +4,7 @@ Run inside a host of the virtual LAN (never in the machine's own namespace):
 
     python tests/helpers/raw_peer.py attack HOST PORT KIND [--from NAME] [--to NAME]
                                      [--body TEXT] [--wait S]
-    python tests/helpers/raw_peer.py publish NAME (--port P | --mute) [--family 4|6]
+    python tests/helpers/raw_peer.py publish NAME (--port P | --mute | --echo) [--family 4|6]
                                      [--server LABEL]
     python tests/helpers/raw_peer.py flood HOST PORT --count N [--streams S]
 
@@ -16,8 +16,11 @@ whether the peer closed the connection.
 `publish` registers NAME over mDNS (python-zeroconf, no probing) with this host's
 addresses and prints `ready PORT`. With --port, the SRV points at that port, whoever
 listens there (nobody: a ghost). With --mute it listens on a free port itself and accepts
-connections without ever saying a word (a peer that hangs). --family advertises only
-IPv4 or IPv6 addresses, under the SRV target --server. Stays until SIGTERM/SIGINT.
+connections without ever saying a word (a peer that hangs). With --echo it is a
+responder-only bot: it answers every message it is sent with `echo BODY`, on the stream
+it was sent (it never opens a connection of its own), then closes when the other side
+does. --family advertises only IPv4 or IPv6 addresses, under the SRV target --server.
+Stays until SIGTERM/SIGINT.
 
 `flood` opens S streams (default 1) and sends N messages in all over them, closes each,
 and waits for the peer's closing tag: xmppll's agent sends it only once everything it
@@ -178,11 +181,14 @@ async def publish(args: argparse.Namespace) -> None:
     async def hang(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)  # keep it open, never answer
 
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _echo(args.name, reader, writer)
+
     server = None
     port = args.port
-    if args.mute:
+    if args.mute or args.echo:
         sock = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
-        server = await asyncio.start_server(hang, sock=sock)
+        server = await asyncio.start_server(echo if args.echo else hang, sock=sock)
         port = sock.getsockname()[1]
     azc = AsyncZeroconf(ip_version=IPVersion.All)
     server_name = f"{args.server or host_label()}.local."
@@ -197,6 +203,45 @@ async def publish(args: argparse.Namespace) -> None:
     await azc.async_close()
     if server is not None:
         server.close()
+
+
+async def _echo(name: str, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> None:
+    """One stream of the echo bot: header in a write of its own, then an answer to
+    each message on this very stream, then our close after the sender's."""
+    import xml.etree.ElementTree as ET
+
+    data = b""
+    while b">" not in data.partition(b"<stream:stream")[2]:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return
+        data += chunk
+    writer.write(header(name, None))
+    await writer.drain()
+    pending = data.partition(b"<stream:stream")[2].partition(b">")[2]
+    while True:
+        while b"</message>" in pending:
+            raw, _, pending = pending.partition(b"</message>")
+            raw = raw[raw.find(b"<message"):] + b"</message>"
+            element = ET.fromstring(raw.replace(b"<message", b"<message xmlns='jabber:client'",
+                                                1))
+            sender = element.get("from")
+            body = element.findtext("{jabber:client}body")
+            if body is not None:
+                writer.write(message(name, sender, f"echo {body}",
+                                     id_=f"echo-{element.get('id')}"))
+                await writer.drain()
+        if CLOSE in pending:
+            writer.write(CLOSE)
+            await writer.drain()
+            writer.close()
+            return
+        chunk = await reader.read(65536)
+        if not chunk:
+            writer.close()
+            return
+        pending += chunk
 
 
 async def _one_stream(host: str, port: int, count: int, offset: int, body: str) -> int:
@@ -250,6 +295,7 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--mute", action="store_true")
+    p.add_argument("--echo", action="store_true")
     p.add_argument("--family", type=int, choices=(4, 6), default=None,
                    help="advertise only this host's IPv4 or IPv6 addresses")
     p.add_argument("--server", default=None,
@@ -265,8 +311,8 @@ def main() -> None:
     if args.cmd == "attack":
         attack(args)
     elif args.cmd == "publish":
-        if not args.mute and not args.port:
-            parser.error("publish needs --port or --mute")
+        if not (args.mute or args.echo or args.port):
+            parser.error("publish needs --port, --mute or --echo")
         asyncio.run(publish(args))
     else:
         asyncio.run(flood(args))

@@ -158,12 +158,17 @@ class Agent:
     async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
         return peer_info(await self.directory.resolve(name, wait))
 
+    def _advertised(self) -> list[str] | None:
+        """The addresses our link-local record lists (None: the host's own responder
+        publishes them, or we are not published)."""
+        record = self.mdns.record
+        return record.addresses if record and record.addresses else None
+
     def _sources(self, peer: PeerInfo) -> list[str] | None:
         """Our advertised addresses, to connect from (strict peers match them); none
         for a wide-area peer, which may be behind routers: the route picks the source,
         the one our DNS records list."""
-        record = self.mdns.record
-        return record.addresses if record and record.addresses and not peer.domain else None
+        return None if peer.domain else self._advertised()
 
     def _local_addresses(self) -> list[str]:
         from xmppll.discovery.mdns.link import local_addresses
@@ -388,7 +393,7 @@ class Agent:
 
         assert self.delivery is not None
         names = [p.name for p in self.directory.peers()] if req.get("everyone") else None
-        await send_file(self.delivery, self._sources, req, writer, names)
+        await send_file(self.delivery, self._advertised, req, writer, names)
 
     async def op_accept(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """Accept a pending file offer; the reply is its `received` record."""

@@ -54,6 +54,7 @@ from xmppll.xmpp.receipts import Receipts
 log = logging.getLogger("xmppll")
 RESOLVE_TIMEOUT = 1.5  # answers come in ~0.15 s; lost ones on the 2nd query at ~1.1 s
 ALL_TIMEOUT = 3.0  # s: the browse that finds every peer for --all
+LOCK_WAIT = 120.0  # s: the longest a send waits for its turn behind other sends
 
 
 @dataclass
@@ -187,9 +188,17 @@ class OneShot:
         """Wait until no other one-shot send from our name talks to `peer`."""
         await self._hold(f"send\0{self.options.me}\0{peer}")
 
+    async def prepare(self, name: str) -> None:
+        """Before a message's own clock starts: wait for our turn with the peer and
+        publish our transient presence if the peer needs one, so that the time spent
+        waiting behind other sends is not taken from the message's --timeout."""
+        peer = await self.resolve(name, self.options.wait)
+        if peer is not None:
+            await self.before_dial(peer, refused=False)
+
     async def _hold(self, what: str) -> None:
-        """A lock of this host's one-shot sends, held until this send ends. After the
-        send timeout we go ahead anyway: a stuck process must not block every later
+        """A lock of this host's one-shot sends, held until this send ends. After
+        LOCK_WAIT we go ahead anyway: a stuck process must not block every later
         send."""
         key = what.lower()
         if key in self._held:
@@ -199,7 +208,7 @@ class OneShot:
         fd = os.open(directory / f"send-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._held[key] = fd
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.timeout
+        deadline = loop.time() + LOCK_WAIT
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -261,14 +270,13 @@ async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Optio
                     if failed:
                         raise failed[0]
                     continue
+                await session.prepare(record["to"])
                 await session.delivery.send(record, timeout=options.timeout,
                                             wait=options.wait, receipt=options.receipt)
                 tally.sent += 1
             except XmpplError as exc:
                 raise tally.failed(exc, lineno) from None
     return tally.sent
-
-
 
 
 async def send_files(to: str | None, paths: list[str], shown: list[str | None],

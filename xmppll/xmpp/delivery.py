@@ -281,7 +281,7 @@ class _Outbox:
         if item.retried or asyncio.get_running_loop().time() >= item.deadline:
             self._fail([item], error)
             return
-        log.info("%s: %s; sending %s again", self.peer.name, error, item.id)
+        log.warning("%s: %s; sending %s again", self.peer.name, error, item.id)
         item.retried = True
         self.put(item, first=True)
 
