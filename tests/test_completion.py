@@ -23,7 +23,7 @@ from click.shell_completion import ShellComplete
 from lan import Lan, Lines
 
 from xmppll.agent import control
-from xmppll.cli import completion
+from xmppll.cli import COMPLETE_VAR, completion, completion_scripts
 from xmppll.cli.commands import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +50,15 @@ def no_browse_here(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def complete(args: list[str], incomplete: str) -> list[str]:
-    comp = ShellComplete(cli, {}, "xmppll", completion.COMPLETE_VAR)
+    comp = ShellComplete(cli, {}, "xmppll", COMPLETE_VAR)
     return [str(item.value) for item in comp.get_completions(args, incomplete)]
 
 
 @pytest.mark.parametrize("shell", sorted(completion.FILES))
 def test_committed_scripts_equal_a_fresh_generation(shell: str) -> None:
     path = ROOT / "completions" / completion.FILES[shell]
-    assert path.read_text() == completion.source(shell), (
-        "regenerate with: python -m xmppll.cli.completion completions/")
+    assert path.read_text() == completion_scripts.source(shell), (
+        "regenerate with: python -m xmppll.cli.completion_scripts completions/")
 
 
 def test_the_scripts_are_click_shims_calling_xmppll_back() -> None:
@@ -148,7 +148,7 @@ def _bash_complete(line: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setenv("COMP_WORDBREAKS", " \t\n\"'@><=;|&(:")
     monkeypatch.setenv("COMP_WORDS", line)
     monkeypatch.setenv("COMP_CWORD", "0")
-    comp = completion.Bash(cli, {}, "xmppll", completion.COMPLETE_VAR)
+    comp = completion.Bash(cli, {}, "xmppll", COMPLETE_VAR)
     args, incomplete = comp.get_completion_args()
     return [comp.format_completion(i) for i in comp.get_completions(args, incomplete)]
 

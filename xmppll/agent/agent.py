@@ -37,7 +37,6 @@ from xmppll.xmpp.dispatch import Dispatcher
 from xmppll.xmpp.hub import Hub, bind_port
 from xmppll.xmpp.receipts import Receipts
 
-DEFAULT_PORT = 5298
 log = logging.getLogger("xmppll")
 FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
 DEFAULT_SEND_TIMEOUT = 10.0

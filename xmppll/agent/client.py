@@ -15,7 +15,7 @@ from xmppll import identity
 from xmppll.agent import control
 from xmppll.errors import NoPeerError, Tally, UnavailableError, UsageError, XmpplError
 
-Record = dict[str, Any]
+Json = dict[str, Any]
 WITHDRAW_WAIT = 10.0  # s for an agent to send its goodbyes and go
 
 
@@ -33,11 +33,11 @@ def running(name: str | None) -> str | None:
 
 
 def peers(agent: str | None, interfaces: list[str] | None, timeout: float, *,
-          wide: Any = None, link: bool = True) -> tuple[list[Record], list[XmpplError]]:
+          wide: Any = None, link: bool = True) -> tuple[list[Json], list[XmpplError]]:
     """Everyone on the link (the agent's cache at once, else a one-shot browse), and in
     the wide-area domains of `wide` asked from DNS; with the failures of the domains
     that could not be browsed: the other peers are still listed."""
-    found: list[Record] = []
+    found: list[Json] = []
     failures: list[XmpplError] = []
     if wide is not None:
         from xmppll.discovery.widearea import oneshot as wide_oneshot
@@ -51,7 +51,7 @@ def peers(agent: str | None, interfaces: list[str] | None, timeout: float, *,
 
 
 def _link_peers(agent: str | None, interfaces: list[str] | None,
-                timeout: float) -> list[Record]:
+                timeout: float) -> list[Json]:
     if agent:
         return control.request(agent, "peers")["peers"]
     from xmppll.discovery.mdns import oneshot
@@ -59,7 +59,7 @@ def _link_peers(agent: str | None, interfaces: list[str] | None,
     return oneshot.browse(timeout, interfaces, exclude=set(control.running_agents()))
 
 
-def follow(agent: str | None, emit: Callable[[Record], None],
+def follow(agent: str | None, emit: Callable[[Json], None],
            interfaces: list[str] | None, duration: float | None, *,
            wide: Any = None, link: bool = True) -> None:
     """added/updated/removed events until interrupted (or for `duration` seconds);
@@ -81,7 +81,7 @@ def follow(agent: str | None, emit: Callable[[Record], None],
     oneshot.follow(emit, interfaces, duration, exclude=set(control.running_agents()))
 
 
-def withdraw(name: str | None) -> Record:
+def withdraw(name: str | None) -> Json:
     """Ask the agent to go, then wait until its socket is gone: when this returns,
     the goodbyes have been sent."""
     agent = control.find_agent(name)
@@ -93,7 +93,7 @@ def withdraw(name: str | None) -> Record:
     return {"event": "withdrawn", "name": reply["name"]}
 
 
-def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None) -> Record:
+def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None) -> Json:
     """Goodbyes for what a dead agent left: on the link, and with `wide` in DNS (a
     signed UPDATE deletes its records: DNS has no goodbye)."""
     from xmppll.discovery.mdns import oneshot
@@ -112,7 +112,7 @@ def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None)
     return {"event": "withdrawn", "name": name, "stale": True, "domains": domains}
 
 
-def status(name: str | None, status: str | None, msg: str | None) -> list[Record]:
+def status(name: str | None, status: str | None, msg: str | None) -> list[Json]:
     """Our presence (every agent's, when several run and none is named), or the
     changed one."""
     if name is None and status is None and msg is None:
@@ -137,7 +137,7 @@ def sending_agent(from_: str | None) -> str | None:
         return None
 
 
-def send(records: Iterator[tuple[int, Record]], *, agent: str | None, me: str,
+def send(records: Iterator[tuple[int, Json]], *, agent: str | None, me: str,
          everyone: bool, timeout: float, wait: float, receipt: bool,
          interfaces: list[str] | None, wide: Any = None) -> int:
     """Deliver each (line number, message); returns how many were delivered."""
@@ -159,7 +159,7 @@ def send(records: Iterator[tuple[int, Record]], *, agent: str | None, me: str,
     return tally.sent
 
 
-def _send_via_agent(agent: str, record: Record, *, everyone: bool, timeout: float,
+def _send_via_agent(agent: str, record: Json, *, everyone: bool, timeout: float,
                     wait: float, receipt: bool) -> int:
     """One control request per message; the agent answers when the peer took it."""
     reply = control.request(agent, "send", message=record, everyone=everyone,
@@ -181,7 +181,7 @@ def _send_via_agent(agent: str, record: Record, *, everyone: bool, timeout: floa
 def send_files(paths: list[str], shown: list[str | None], *, agent: str | None, me: str,
                to: str | None, everyone: bool, timeout: float, wait: float, method: str,
                interfaces: list[str] | None,
-               report: Callable[[Record], None] | None = None) -> list[Record]:
+               report: Callable[[Json], None] | None = None) -> list[Json]:
     """Offer each file (`-` is stdin) to `to` or every peer; returns one result per
     (file, peer) once every receiver has all the bytes, raises the first failure."""
     if agent is None:
@@ -208,8 +208,8 @@ def send_files(paths: list[str], shown: list[str | None], *, agent: str | None, 
 
 def _send_files_via_agent(paths: list[str], shown: list[str | None], *, agent: str,
                           to: str | None, everyone: bool, timeout: float, wait: float,
-                          method: str, report: Callable[[Record], None] | None
-                          ) -> list[Record]:
+                          method: str, report: Callable[[Json], None] | None
+                          ) -> list[Json]:
     """The agent opens the files by path (it runs as this user); stdin is spooled to
     a private temporary file first, removed when done."""
     import os
@@ -256,7 +256,7 @@ def _send_files_via_agent(paths: list[str], shown: list[str | None], *, agent: s
             os.unlink(tmp)
 
 
-def accept(agent: str | None, offer_id: str, to: str | None) -> Record:
+def accept(agent: str | None, offer_id: str, to: str | None) -> Json:
     """Accept a pending file offer; returns its `received` record once on disk."""
     import os
 
@@ -265,6 +265,6 @@ def accept(agent: str | None, offer_id: str, to: str | None) -> Record:
     return control.request(target, "accept", id=offer_id, to=folder, timeout=None)["record"]
 
 
-def decline(agent: str | None, offer_id: str, reason: str | None) -> Record:
+def decline(agent: str | None, offer_id: str, reason: str | None) -> Json:
     target = control.find_agent(agent)
     return control.request(target, "decline", id=offer_id, reason=reason)["record"]

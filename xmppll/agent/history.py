@@ -14,7 +14,7 @@ from typing import Any
 
 from xmppll.agent import segments
 from xmppll.agent.retention import read_mark
-from xmppll.agent.segments import Record
+from xmppll.agent.segments import Stored
 
 
 def _lines(path: Path) -> int:
@@ -86,14 +86,14 @@ def stats(state: Path) -> dict[str, Any]:
     }
 
 
-def last_with(state: Path, peer: str, n: int) -> list[Record]:
+def last_with(state: Path, peer: str, n: int) -> list[Stored]:
     """The last `n` records from `peer` (its instance name or bare address), oldest
     first. Reads backwards from the newest record and skips every sealed segment whose
     summary does not name the peer: the cost is what lies after its Nth last message."""
     if n <= 0:
         return []
     needle = json.dumps(peer, ensure_ascii=False)[1:-1].encode()
-    found: list[Record] = []
+    found: list[Stored] = []
     for path in reversed(segments.files(state)):
         if path.parent.name == segments.SEALED:
             meta = segments.summary(path)

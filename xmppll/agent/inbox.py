@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from xmppll.agent import segments
-from xmppll.agent.segments import Record
+from xmppll.agent.segments import Stored
 from xmppll.errors import IOFailure
 
 log = logging.getLogger("xmppll")
@@ -54,7 +54,7 @@ class Inbox:
         self.on_seal: Callable[[], None] | None = None  # called on the writer thread
         self._fd_lock = threading.Lock()
 
-    def submit(self, record: Record) -> asyncio.Future:
+    def submit(self, record: Stored) -> asyncio.Future:
         """Queue one stanza for the next group commit; the future resolves to the
         record with its `seq` once it is on disk, or fails with IOFailure (disk full):
         the caller must not acknowledge the stanza then. Order of calls is log order."""
@@ -146,7 +146,7 @@ class Inbox:
 read_after = segments.read_after  # records with seq > after, oldest first
 
 
-async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[Record]:
+async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[Stored]:
     """`read_after` for the event loop: the file reads run on a worker thread, `batch`
     records at a time, so a listener catching up never stalls the agent."""
     loop = asyncio.get_running_loop()
@@ -160,7 +160,7 @@ async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[R
             records.close()
 
 
-def _take(records: Iterator[Record], n: int) -> list[Record]:
+def _take(records: Iterator[Stored], n: int) -> list[Stored]:
     return [record for _, record in zip(range(n), records, strict=False)]
 
 

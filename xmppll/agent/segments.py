@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-Record = dict[str, Any]
+Stored = dict[str, Any]
 ACTIVE = "inbox.jsonl"
 SEALED = "inbox.d"
 BLOCK = 65536  # bisect down to this many bytes, then read lines forward
@@ -157,7 +157,7 @@ def offset_after(fh: Any, after: int) -> int:
     return pos
 
 
-def records_after(fh: Any, after: int) -> Iterator[Record]:
+def records_after(fh: Any, after: int) -> Iterator[Stored]:
     """The file's records with seq > after, in order (a torn last line is not one)."""
     fh.seek(offset_after(fh, after))
     for line in fh:
@@ -203,7 +203,7 @@ def _backwards(fh: Any) -> Iterator[bytes]:
         yield rest + b"\n"
 
 
-def last_record(path: Path) -> Record | None:
+def last_record(path: Path) -> Stored | None:
     for line in lines_backwards(path):
         try:
             record = json.loads(line)
@@ -214,7 +214,7 @@ def last_record(path: Path) -> Record | None:
     return None
 
 
-def first_record(path: Path) -> Record | None:
+def first_record(path: Path) -> Stored | None:
     try:
         with open(path, "rb") as fh:
             for line in fh:
@@ -271,7 +271,7 @@ def _from(state: Path, after: int) -> list[Path]:
     return [path for _, path in segs[start:]] + [active_path(state)]
 
 
-def read_after(state: Path, after: int) -> Iterator[Record]:
+def read_after(state: Path, after: int) -> Iterator[Stored]:
     """Records with seq > after, oldest first. Costs a bisection per file it opens,
     whatever the inbox holds before `after`. A segment sealed or pruned while this
     reads is handled: it goes over the files again until a pass finds nothing new."""
@@ -306,7 +306,7 @@ def count_after(path: Path, after: int) -> int:
 
 # --- summaries of sealed segments -----------------------------------------------------
 
-def peer_names(record: Record) -> set[str]:
+def peer_names(record: Stored) -> set[str]:
     """The names a record is filed under: the sender's verified instance name and the
     bare address it claimed."""
     names = set()

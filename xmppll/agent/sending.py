@@ -41,7 +41,7 @@ from xmppll.agent import control
 from xmppll.agent.inbox import Inbox
 from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
 from xmppll.discovery.mdns.peers import PeerView, browse_once, wait_for_peer
-from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+from xmppll.discovery.mdns.publish import Publication, Publisher, choose_host
 from xmppll.discovery.presence import Presence, encode_txt
 from xmppll.errors import NoPeerError, Tally, XmpplError
 from xmppll.xmpp.caps import CAPS_NODE
@@ -243,7 +243,7 @@ class OneShot:
         self.publisher = Publisher(self.responder, rename=False)
         log.info("publishing a transient presence for %s (port %d)", opts.me, port)
         record = await self.publisher.publish(
-            Record(opts.me, f"{label}.local.", port, txt, []), host)
+            Publication(opts.me, f"{label}.local.", port, txt, []), host)
         self.sources = record.addresses or [a.address for a in mine]
 
 

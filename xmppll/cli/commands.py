@@ -16,11 +16,12 @@ from typing import Any
 import click
 
 from xmppll import __version__
-from xmppll.cli import keep, render
+from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
+from xmppll.defaults import DEFAULT_PORT, STATUSES, VERIFY_POLICIES
 from xmppll.errors import UsageError, XmpplError
 
-STATUS_CHOICE = click.Choice(["avail", "away", "dnd"], case_sensitive=False)
+STATUS_CHOICE = click.Choice(STATUSES, case_sensitive=False)
 ACCEPT_CHOICE = click.Choice(["never", "ask", "verified", "always"])
 METHOD_CHOICE = click.Choice(["auto", "si", "oob"])
 
@@ -181,7 +182,7 @@ def _env(key: str) -> dict[str, Any]:
 @cli.command()
 @click.argument("name", required=False, envvar="XMPPLL_NAME")
 @click.option("--port", type=int, default=None, metavar="PORT", help="TCP port to serve "
-              "[default: 5298, or a free one when taken].", **_env("port"))
+              f"[default: {DEFAULT_PORT}, or a free one when taken].", **_env("port"))
 @click.option("--status", type=STATUS_CHOICE, default="avail", show_default=True,
               help="Initial presence.", **_env("status"))
 @click.option("--msg", metavar="TEXT", help="Status message.", **_env("msg"))
@@ -226,7 +227,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
       xmppll announce juliet --status away --nick JuliC
       xmppll announce --domain lan.example --tsig-key ~/.config/xmppll/tsig.key"""
     from xmppll import identity
-    from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, run_agent
+    from xmppll.agent.agent import AgentConfig, run_agent
     from xmppll.discovery.presence import Presence, parse_txt_option
 
     if port is not None and not 0 < port < 65536:
@@ -427,7 +428,7 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
         render.write_line(render.agent_event_line(result))
 
 
-VERIFY_CHOICE = click.Choice(["strict", "mark", "off"])
+VERIFY_CHOICE = click.Choice(VERIFY_POLICIES)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -765,7 +766,7 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
                  ifaces: list[str] | None, quiet: bool = False,
                  downloads: Any = None) -> tuple[Any, str]:
     from xmppll import identity
-    from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
+    from xmppll.agent.agent import AgentConfig, BackgroundAgent
     from xmppll.discovery.presence import Presence
 
     config = AgentConfig(
@@ -906,7 +907,7 @@ def _builtin(key: str, identity: Any) -> Any:
     from xmppll.agent.downloads import MAX_FILE_SIZE, default_download_dir
     from xmppll.agent.policy import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_SIZE
 
-    return {"name": identity.default_name(), "status": "avail", "port": 5298,
+    return {"name": identity.default_name(), "status": "avail", "port": DEFAULT_PORT,
             "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60,
             "keep_days": DEFAULT_KEEP_DAYS, "keep_size": DEFAULT_KEEP_SIZE,
             "accept_files": "ask", "download_dir": str(default_download_dir()),
@@ -939,7 +940,6 @@ def main() -> None:
     sys.exit(0)
 
 
-COMPLETE_VAR = "_XMPPLL_COMPLETE"
 
 
 def _complete() -> None:

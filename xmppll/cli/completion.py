@@ -1,7 +1,9 @@
 """Shell completion: click's machinery, plus what it cannot know (who is on the link).
 
 The shell runs `xmppll` with `_XMPPLL_COMPLETE=<shell>_complete` at each TAB; the
-completions/ scripts are click's own shims, written by `python -m xmppll.cli.completion DIR`.
+completions/ scripts are click's own shims, written by
+`python -m xmppll.cli.completion_scripts DIR` (which imports the commands: this module
+must not, since the commands import it).
 Peer names come from the running agent's cache (one socket round trip) or, when none
 runs, from a browse bounded to BROWSE_TIMEOUT; either way the answer is given within
 HARD_CAP, and any failure means no suggestions, never a message on the terminal.
@@ -11,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from click.shell_completion import (
@@ -26,7 +26,6 @@ from click.shell_completion import (
 BROWSE_TIMEOUT = 0.3  # seconds of listening for answers when no agent runs
 HARD_CAP = 1.0  # seconds: past this the shell gets what we have (maybe nothing)
 FILES = {"bash": "xmppll.bash", "zsh": "_xmppll", "fish": "xmppll.fish"}
-COMPLETE_VAR = "_XMPPLL_COMPLETE"
 
 # bash splits words at COMP_WORDBREAKS, which holds '@' and ':' by default, so in
 # `xmppll send juliet@cap<TAB>` bash's current word is `cap`, and readline replaces
@@ -104,18 +103,6 @@ def register() -> None:
     add_completion_class(Bash, "bash")
 
 
-def source(shell: str) -> str:
-    """The completion script for `shell`, as committed under completions/."""
-    from xmppll.cli.commands import cli
-
-    register()
-    from click.shell_completion import get_completion_class
-
-    cls = get_completion_class(shell)
-    assert cls is not None, shell
-    return cls(cli, {}, "xmppll", COMPLETE_VAR).source()
-
-
 def _bounded(work: Any, cap: float) -> list[dict[str, Any]]:
     """Run `work()` on a daemon thread and take whatever it has after `cap` seconds."""
     box: list[list[dict[str, Any]]] = []
@@ -179,24 +166,3 @@ def interfaces(incomplete: str) -> list[CompletionItem]:
     except OSError:
         return []
     return [CompletionItem(n) for n in names if n.startswith(incomplete) and n != "lo"]
-
-
-def write(directory: Path) -> list[Path]:
-    """(Re)generate every completion script into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for shell, name in FILES.items():
-        path = directory / name
-        path.write_text(source(shell))
-        written.append(path)
-    return written
-
-
-def main(argv: list[str]) -> None:
-    target = Path(argv[0] if argv else "completions")
-    for path in write(target):
-        print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

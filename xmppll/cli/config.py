@@ -35,6 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from xmppll.defaults import STATUSES, VERIFY_POLICIES
 from xmppll.errors import DataError
 
 SETTINGS: dict[str, type] = {
@@ -44,7 +45,7 @@ SETTINGS: dict[str, type] = {
     "keep_days": int, "keep_size": str,
     "accept_files": str, "download_dir": str, "max_file_size": int,
 }
-CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off"),
+CHOICES = {"status": STATUSES, "verify": VERIFY_POLICIES,
            "accept_files": ("never", "ask", "verified", "always")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {

@@ -11,9 +11,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from xmppll.defaults import STATUSES
 from xmppll.errors import DataError, UsageError
 
-STATUSES = ("avail", "away", "dnd")
 MAX_STRING = 255  # RFC 6763 §6.1: one length byte
 MAX_RECORD = 400  # RFC 6763 §6.2: still fits a 512-byte DNS message
 _PERSONAL = ("1st", "last", "nick", "email", "jid")

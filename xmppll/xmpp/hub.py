@@ -29,7 +29,6 @@ from xmppll.xmpp.stream import HEADER_TIMEOUT
 
 log = logging.getLogger("xmppll")
 HEADER_TIMEOUT_ENV = "XMPPLL_HEADER_TIMEOUT"
-VERIFY_POLICIES = ("strict", "mark", "off")
 # Connections served at once. Each can hold up to ~40x the stanza limit while parsing a
 # hostile stanza, so the cap is what bounds the agent's memory; past it a connection
 # is closed at once, with a logged reason, and the ones already open keep flowing.

@@ -66,7 +66,7 @@ class StreamError(ProtocolFailure):
     def __init__(self, reason: str) -> None:
         super().__init__(f"XML stream: {reason}")
         self.reason = reason
-        self.events: list[Event] = []
+        self.events: list[StreamEvent] = []
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class StreamClose:
     """The peer sent `</stream:stream>`."""
 
 
-Event = StreamOpen | Stanza | StreamClose
+StreamEvent = StreamOpen | Stanza | StreamClose
 
 
 # What defusedxml raises, as our short reasons. The DTD refusal alone stops every entity
@@ -147,7 +147,7 @@ class StreamParser:
         self._started = False
         self._fed = 0
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[StreamEvent]:
         """Parse the next bytes of the stream; return the events they completed."""
         if self._error is not None:
             raise self._error
@@ -194,7 +194,7 @@ class _Target:
         self._max_stanza_bytes = max_stanza_bytes
         self._max_depth = max_depth
         self.expat: expat.XMLParserType | None = None  # set once the parser exists
-        self.events: list[Event] = []
+        self.events: list[StreamEvent] = []
         self._builder: ET.TreeBuilder | None = None
         self._depth = 0
         self._default_ns: str | None = None

@@ -23,7 +23,7 @@ from xmppll.discovery.mdns.link import (
 )
 from xmppll.discovery.mdns.netfollow import NetFollower
 from xmppll.discovery.mdns.peers import PeerView, wait_for_peer
-from xmppll.discovery.mdns.publish import Publisher, Record, choose_host
+from xmppll.discovery.mdns.publish import Publication, Publisher, choose_host
 
 REFRESH_INTERVAL = 10.0  # s between checks of which peers' records are due a re-query
 PUBLISHED_FILE = "published.json"
@@ -97,7 +97,7 @@ class MdnsDirectory:
             self.view.ask(name)
 
     @property
-    def record(self) -> Record | None:
+    def record(self) -> Publication | None:
         return self.publisher.record if self.publisher else None
 
     async def publish(self, name: str, port: int, txt: bytes, *, rename: bool) -> Published:
@@ -108,7 +108,7 @@ class MdnsDirectory:
         host = asyncio.ensure_future(
             choose_host(self.azc.zeroconf, label, mine, shared=self._shared))
         self.publisher = Publisher(self.azc, rename=rename, on_event=self._on_publish)
-        record = await self.publisher.publish(Record(name, f"{label}.local.", port, txt, []),
+        record = await self.publisher.publish(Publication(name, f"{label}.local.", port, txt, []),
                                               host)
         self._published(record)
         if self.follower is not None:
@@ -117,7 +117,7 @@ class MdnsDirectory:
         return Published(record.name, record.server.rstrip("."), record.port,
                          record.addresses)
 
-    def _published(self, record: Record) -> None:
+    def _published(self, record: Publication) -> None:
         assert self.view is not None
         self.view.own_name(record.name)
         self._save(record)
@@ -137,7 +137,7 @@ class MdnsDirectory:
             if self.state is not None:
                 (self.state / PUBLISHED_FILE).unlink(missing_ok=True)
 
-    def _save(self, record: Record) -> None:
+    def _save(self, record: Publication) -> None:
         """Kept so that `withdraw --stale` can say goodbye for us after a crash."""
         if self.state is None:
             return
@@ -147,8 +147,8 @@ class MdnsDirectory:
         tmp.replace(path)
 
 
-def published_record(state: Path) -> Record:
+def published_record(state: Path) -> Publication:
     """What a (dead) agent published, for `withdraw --stale`."""
-    return Record.from_json(json.loads((state / PUBLISHED_FILE).read_text()))
+    return Publication.from_json(json.loads((state / PUBLISHED_FILE).read_text()))
 
 

@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from typing import Any
 
 from xmppll import identity
+from xmppll.discovery.directory import PeerEvent
 from xmppll.discovery.mdns.directory import PUBLISHED_FILE, published_record
 from xmppll.discovery.mdns.link import open_link
 from xmppll.discovery.mdns.peers import PeerView, browse_once
-from xmppll.discovery.mdns.publish import Record, send_goodbyes
+from xmppll.discovery.mdns.publish import Publication, send_goodbyes
 from xmppll.errors import NoPeerError
-
-Event = dict[str, Any]
 
 
 async def _browse(timeout: float, interfaces: list[str] | None,
-                  exclude: set[str]) -> list[Event]:
+                  exclude: set[str]) -> list[PeerEvent]:
     azc = await open_link(interfaces, unicast=True)
     try:
         return await browse_once(azc.zeroconf, timeout=timeout, exclude=exclude)
@@ -28,13 +26,13 @@ async def _browse(timeout: float, interfaces: list[str] | None,
 
 
 def browse(timeout: float, interfaces: list[str] | None = None,
-           exclude: set[str] | None = None) -> list[Event]:
+           exclude: set[str] | None = None) -> list[PeerEvent]:
     """Everyone on the link but the names in `exclude` (our own agents: a user's
     browse lists other people, not themselves)."""
     return asyncio.run(_browse(timeout, interfaces, exclude or set()))
 
 
-async def _follow(emit: Callable[[Event], None], interfaces: list[str] | None,
+async def _follow(emit: Callable[[PeerEvent], None], interfaces: list[str] | None,
                   timeout: float | None, exclude: set[str]) -> None:
     azc = await open_link(interfaces)
     view = PeerView(azc.zeroconf, on_event=emit, exclude=exclude)
@@ -58,7 +56,7 @@ async def _follow(emit: Callable[[Event], None], interfaces: list[str] | None,
         await azc.async_close()
 
 
-def follow(emit: Callable[[Event], None], interfaces: list[str] | None = None,
+def follow(emit: Callable[[PeerEvent], None], interfaces: list[str] | None = None,
            duration: float | None = None, exclude: set[str] | None = None) -> None:
     """Stream added/updated/removed events until interrupted (or for `duration`)."""
     async def main() -> None:
@@ -67,7 +65,7 @@ def follow(emit: Callable[[Event], None], interfaces: list[str] | None = None,
     asyncio.run(main())
 
 
-def withdraw_stale(name: str, interfaces: list[str] | None = None) -> Record:
+def withdraw_stale(name: str, interfaces: list[str] | None = None) -> Publication:
     """Goodbyes for the records a dead agent left on the link, so peers drop it now
     rather than after the 75-minute PTR TTL."""
     state = identity.state_dir(name)

@@ -27,6 +27,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser
 
+from xmppll.discovery.directory import PeerEvent
 from xmppll.discovery.mdns.link import (
     CLASS_IN,
     CLASS_UNIQUE,
@@ -53,7 +54,6 @@ EMPTY_ROUNDS = 2  # extra calm rounds before a one-shot browse calls a silent li
 MAX_ROUND = 1.0  # seconds: the longest round of a one-shot browse
 MAX_ASK_GAP = 3_600_000  # ms: questions about an incomplete name back off to once an hour
 
-Event = dict[str, Any]
 
 
 def instance_of(full: str) -> str:
@@ -78,7 +78,7 @@ class PeerView(RecordUpdateListener):
     def __init__(
         self,
         zc: Zeroconf,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[PeerEvent], None] | None = None,
         exclude: set[str] | None = None,
         scopes: LinkScopes | None = None,
     ) -> None:
@@ -86,7 +86,7 @@ class PeerView(RecordUpdateListener):
         self.on_event = on_event
         self.exclude = {name.lower() for name in exclude or ()}
         self.scopes = scopes or LinkScopes()
-        self.peers: dict[str, Event] = {}
+        self.peers: dict[str, PeerEvent] = {}
         self.seen: set[str] = set()  # every instance a PTR was heard for
         self.changed = asyncio.Event()
         # Set only on news (a name heard for the first time, a peer added/changed/gone),
@@ -202,7 +202,7 @@ class PeerView(RecordUpdateListener):
         self._held.discard(key)
         self._emit(key, peer)
 
-    def _emit(self, key: str, peer: Event | None) -> None:
+    def _emit(self, key: str, peer: PeerEvent | None) -> None:
         old = self.peers.get(key)
         if peer == old:
             return
@@ -216,7 +216,7 @@ class PeerView(RecordUpdateListener):
         if self.on_event:
             self.on_event(event)
 
-    def _resolve_from_cache(self, full: str, now: float) -> Event | None:
+    def _resolve_from_cache(self, full: str, now: float) -> PeerEvent | None:
         cache = self.zc.cache
         records = cache.async_entries_with_name(full)
         srvs: list[DNSService] = _alive(records, TYPE_SRV, now)
@@ -290,7 +290,7 @@ class PeerView(RecordUpdateListener):
         if out.questions:
             self.zc.async_send(out)
 
-    def find(self, name: str) -> Event | None:
+    def find(self, name: str) -> PeerEvent | None:
         """A peer by name, also when only its SRV/TXT/addresses are cached so far."""
         full = _full(name)
         return self.peers.get(full.lower()) or self._resolve_from_cache(
@@ -367,7 +367,7 @@ def _fresh(addrs: list) -> list:
     return current or addrs
 
 
-def _unscoped(peer: Event) -> bool:
+def _unscoped(peer: PeerEvent) -> bool:
     """Whether a peer lists an IPv6 link-local address without its `%interface`."""
     return any(a.lower().startswith("fe80:") and "%" not in a for a in peer["addresses"])
 
@@ -383,7 +383,7 @@ async def browse_once(
     exclude: set[str] | None = None,
     quiet: float = 0.05,
     quiet_rounds: int = 2,
-) -> list[Event]:
+) -> list[PeerEvent]:
     """Everyone on the link, returned as soon as the link has gone quiet.
 
     Answers to a query arrive in a burst; lost ones come back only when asked again.
@@ -470,7 +470,7 @@ async def _until_quiet(view: PeerView, quiet: float, deadline: float,
             until = min(until, first + quiet)
 
 
-async def wait_for_peer(view: PeerView, name: str, timeout: float) -> Event | None:
+async def wait_for_peer(view: PeerView, name: str, timeout: float) -> PeerEvent | None:
     """The peer `name` once it resolves, asking the link twice a second; None when it
     has not appeared within `timeout`.
 

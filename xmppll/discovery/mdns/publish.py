@@ -59,7 +59,7 @@ def renamed(name: str, attempt: int) -> str:
 
 
 @dataclass
-class Record:
+class Publication:
     """What one publication consists of, enough to rebuild it for a goodbye later."""
 
     name: str
@@ -89,7 +89,7 @@ class Record:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Record:
+    def from_json(cls, data: dict[str, Any]) -> Publication:
         return cls(
             name=data["name"],
             server=data["server"],
@@ -146,7 +146,7 @@ async def _ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
 class _NameWatch(RecordUpdateListener):
     """Sees every SRV/TXT for one instance name that is not ours: a conflict."""
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Publication) -> None:
         self.record = record
         self.conflict: DNSService | None = None
         self.event = asyncio.Event()
@@ -177,7 +177,7 @@ class Publisher:
         self.zc = azc.zeroconf
         self.rename = rename
         self.on_event = on_event or (lambda event: None)
-        self.record: Record | None = None
+        self.record: Publication | None = None
         self._info: ServiceInfo | None = None
         self._watch: _NameWatch | None = None
         self._defender: asyncio.Task | None = None
@@ -191,8 +191,8 @@ class Publisher:
         self.just_woke: Callable[[], bool] = lambda: False
 
     async def publish(
-        self, record: Record, host: Awaitable[tuple[str, list[str]]] | None = None
-    ) -> Record:
+        self, record: Publication, host: Awaitable[tuple[str, list[str]]] | None = None
+    ) -> Publication:
         """Probe, rename while taken, register; returns the record actually published.
 
         `host`, when given, yields the final SRV target and addresses; checking the host
@@ -207,19 +207,19 @@ class Publisher:
                     "(drop --no-rename to get a free variant)"
                 )
             self.on_event({"event": "conflict", "name": record.name})
-            record = Record(renamed(wanted, attempt), record.server, record.port,
+            record = Publication(renamed(wanted, attempt), record.server, record.port,
                             record.txt, record.addresses)
         else:
             raise UnavailableError(f"no free variant of {wanted!r} found on this link")
         if host is not None:
             server, addresses = await host
-            record = Record(record.name, server, record.port, record.txt, addresses)
+            record = Publication(record.name, server, record.port, record.txt, addresses)
         await self._register(record)
         if record.name != wanted:
             self.on_event({"event": "renamed", "from": wanted, "name": record.name})
         return record
 
-    async def _probe(self, record: Record) -> bool:
+    async def _probe(self, record: Publication) -> bool:
         """RFC 6762 §8.1 probing; True when someone else holds the name."""
         log.info("probing for %s", record.name)
         watch = _NameWatch(record)
@@ -246,7 +246,7 @@ class Publisher:
         finally:
             self.zc.async_remove_listener(watch)
 
-    async def _register(self, record: Record) -> None:
+    async def _register(self, record: Publication) -> None:
         info = record.info()
         # Not awaiting the announcements: the first one is out when this returns, and
         # that is when peers see us.
@@ -299,7 +299,7 @@ class Publisher:
             self.on_event({"event": "withdrawn", "name": old.name,
                            "reason": "name taken by another peer (--no-rename)"})
             return
-        base = Record(old.name, old.server, old.port, old.txt, old.addresses)
+        base = Publication(old.name, old.server, old.port, old.txt, old.addresses)
         new = await self.publish(base)
         if new.name == old.name:
             return
@@ -319,11 +319,11 @@ class Publisher:
         gone = [a for a in old.addresses if a not in addresses]
         if gone:
             out = DNSOutgoing(_RESPONSE)
-            for record in Record(old.name, old.server, old.port, old.txt,
+            for record in Publication(old.name, old.server, old.port, old.txt,
                                  gone).info().dns_addresses(override_ttl=0):
                 out.add_answer_at_time(record, 0)
             self.zc.async_send(out)
-        self.record = Record(old.name, old.server, old.port, old.txt, list(addresses))
+        self.record = Publication(old.name, old.server, old.port, old.txt, list(addresses))
         self._info = self.record.info()
         log.info("addresses of %s now %s (gone: %s)", old.server,
                  ", ".join(addresses) or "none", ", ".join(gone) or "none")
@@ -369,7 +369,7 @@ class Publisher:
             self.on_event({"event": "withdrawn", "name": old.name,
                            "reason": "name taken by another peer (--no-rename)"})
             return
-        new = await self.publish(Record(renamed(old.name, 2), old.server, old.port, old.txt,
+        new = await self.publish(Publication(renamed(old.name, 2), old.server, old.port, old.txt,
                                         old.addresses))
         self.on_event({"event": "renamed", "from": old.name, "name": new.name})
 
@@ -396,7 +396,7 @@ class Publisher:
         self.record = self._info = None
 
 
-async def send_goodbyes(azc: AsyncZeroconf, record: Record) -> None:
+async def send_goodbyes(azc: AsyncZeroconf, record: Publication) -> None:
     """Goodbyes on behalf of a dead process: receivers match records by content, not by
     sender, so rebuilding the records is enough (zeroconf-facts.md 4e')."""
     info = record.info()

@@ -8,21 +8,18 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import dns.name
 import dns.rdatatype
 
 from xmppll import identity
-from xmppll.discovery.directory import Peer
+from xmppll.discovery.directory import Peer, PeerEvent
 from xmppll.discovery.widearea import browse as dnssd
 from xmppll.discovery.widearea import locate, update
 from xmppll.discovery.widearea.config import WideAreaSettings
 from xmppll.discovery.widearea.directory import PUBLISHED_FILE, WideAreaDirectory
 from xmppll.discovery.widearea.records import host_name, instance_name
-from xmppll.errors import NoPeerError, UnavailableError, XmpplError
-
-Event = dict[str, Any]
+from xmppll.errors import NoPeerError, XmpplError
 
 
 def domains(settings: WideAreaSettings) -> list[str]:
@@ -33,11 +30,11 @@ def domains(settings: WideAreaSettings) -> list[str]:
 
 
 def browse(settings: WideAreaSettings, exclude: set[str] | None = None
-           ) -> tuple[list[Event], list[XmpplError]]:
+           ) -> tuple[list[PeerEvent], list[XmpplError]]:
     """Every domain's peers, and the failures of those that could not be browsed (the
     others, and the link, are still listed)."""
     exclude = {n.lower() for n in exclude or ()}
-    peers: list[Event] = []
+    peers: list[PeerEvent] = []
     errors: list[XmpplError] = []
     querier = dnssd.Querier(locate.query_server(settings))
     for domain in domains(settings):
@@ -62,11 +59,11 @@ class Follower:
     """A WideAreaDirectory polling on a thread of its own, so that it can run beside the
     mDNS follow (which owns the main thread's loop)."""
 
-    def __init__(self, settings: WideAreaSettings, emit: Callable[[Event], None],
+    def __init__(self, settings: WideAreaSettings, emit: Callable[[PeerEvent], None],
                  exclude: set[str] | None = None) -> None:
         self._lock = threading.Lock()
 
-        def locked(event: Event) -> None:
+        def locked(event: PeerEvent) -> None:
             with self._lock:
                 emit(event)
 
@@ -108,12 +105,8 @@ class Follower:
 def withdraw_stale(settings: WideAreaSettings, name: str) -> list[str]:
     """Delete what a dead agent published under `name` in each domain: the PTR and the
     instance, and the host's address records when they were the agent's own (from its
-    state file, else when the SRV names <host label>.<domain>). Returns the domains."""
-    from xmppll.agent import control
-
-    if control.is_alive(identity.socket_path(name)):
-        raise UnavailableError(f"the agent for {name} is still running; use: xmppll "
-                               f"withdraw {name}")
+    state file, else when the SRV names <host label>.<domain>). Returns the domains.
+    The caller checks that no agent of that name runs."""
     state = identity.state_dir(name) / PUBLISHED_FILE
     try:
         saved = json.loads(state.read_text())["domains"]
