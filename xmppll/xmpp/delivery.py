@@ -53,10 +53,11 @@ class PeerInfo:
     addresses: list[str]
     port: int
     caps: dict[str, Any] | None = None
+    pin: str | None = None  # the TLS key it advertises (xmppll.xmpp.tls)
 
     @property
     def target(self) -> Target:
-        return Target(self.name, self.addresses, self.port)
+        return Target(self.name, self.addresses, self.port, self.pin)
 
 
 Resolve = Callable[[str, float], Awaitable["PeerInfo | None"]]
