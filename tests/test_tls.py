@@ -343,3 +343,25 @@ def test_contexts_are_tls_1_3_only(tmp_path: Path) -> None:
     creds = tls.Credentials.load_or_create(tmp_path, "x@y")
     for ctx in (tls.client_context(creds), tls.server_context(creds, creds.der)):
         assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_trust_command_sets_and_forgets_a_key_without_the_network(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+
+    def xmppll(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xmppll", "trust", *args, "--json"],
+                              capture_output=True, text=True, env=env, timeout=30)
+
+    pin = "sha256:" + "A" * 43
+    done = xmppll("bob@h2", "--fingerprint", pin)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"name": "bob@h2", "tls": pin, "was": None}
+    assert tls.KnownPeers(tmp_path / "xmppll" / "known_peers").get("bob@h2") == pin
+    done = xmppll("bob@h2", "--forget")
+    assert json.loads(done.stdout) == {"name": "bob@h2", "tls": None, "was": pin}
+    assert xmppll("bob@h2", "--fingerprint", "md5:xx").returncode == 64

@@ -49,6 +49,15 @@ def color_option(func: Any) -> Any:
     )(func)
 
 
+def tls_option(func: Any) -> Any:
+    return click.option(
+        "--tls", type=click.Choice(["prefer", "require", "off"]), default="prefer",
+        show_default=True, help="Encryption: STARTTLS with peers that advertise a key and "
+        "plain text with the others (prefer), refuse peers that cannot encrypt (require, "
+        "e.g. libpurple), or neither offer nor use it (off).", **_env("tls"),
+    )(func)
+
+
 def verbose_option(func: Any) -> Any:
     return click.option("--verbose", "-v", is_flag=True,
                         help="Show the mDNS and stream steps on stderr.")(func)
@@ -118,6 +127,7 @@ def _env(key: str) -> dict[str, Any]:
               "(1st, last, nick, email, jid).")
 @click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
               "is taken.")
+@tls_option
 @interface_option
 @json_option
 @verbose_option
@@ -126,7 +136,7 @@ def _env(key: str) -> dict[str, Any]:
 def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
-             interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
+             tls: str, interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
              quiet: bool) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
     or withdrawn. Prints one event per line (announced, conflict, renamed, ...).
@@ -153,7 +163,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         name=identity.check_instance_name(name or identity.default_name()),
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
-        reload=_reloader(click.get_current_context()),
+        reload=_reloader(click.get_current_context()), tls=tls,
     )
     emit_json = render.wants_json(as_json)
     _setup_logging(verbose)
@@ -367,13 +377,14 @@ def _setup_logging(verbose: bool) -> None:
               "shape from stdin (to and body required).")
 @click.option("--lines", is_flag=True, help="One message per line of stdin.")
 @click.option("--all", "everyone", is_flag=True, help="Send to every peer on the link.")
+@tls_option
 @interface_option
 @verbose_option
 @quiet_option
 def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, id_: str | None,
          timeout: float,
-         wait: float, json_input: bool, lines: bool, everyone: bool,
+         wait: float, json_input: bool, lines: bool, everyone: bool, tls: str,
          interfaces: tuple[str, ...], verbose: bool, quiet: bool) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
@@ -417,7 +428,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     reads_stdin = json_input or lines or not text
     with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
         client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
-                    wait=wait, receipt=receipt, interfaces=ifaces)
+                    wait=wait, receipt=receipt, interfaces=ifaces, tls=tls)
 
 
 def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
@@ -471,14 +482,16 @@ def _json_records(default_to: str | None) -> Any:
               "this command starts the agent.", **_env("port"))
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
+@tls_option
 @interface_option
 @json_option
 @verbose_option
 @quiet_option
 @color_option
 def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
-           verify: str, port: int | None, no_announce: bool, interfaces: tuple[str, ...],
-           as_json: bool | None, verbose: bool, quiet: bool) -> None:
+           verify: str, port: int | None, no_announce: bool, tls: str,
+           interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
+           quiet: bool) -> None:
     """Print each received stanza as one JSON line (a readable line on a terminal).
 
     Follows the running agent's inbox; with none running, runs one in the foreground
@@ -506,7 +519,8 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     agent = client.running(name)
     if not agent:
-        background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet)
+        background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet,
+                                         tls)
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
         # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -542,7 +556,8 @@ def _interrupt(*_: object) -> None:
 
 
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
-                 ifaces: list[str] | None, quiet: bool = False) -> tuple[Any, str]:
+                 ifaces: list[str] | None, quiet: bool = False,
+                 tls: str = "prefer") -> tuple[Any, str]:
     from xmppll import identity
     from xmppll.agent.agent import DEFAULT_PORT, AgentConfig, BackgroundAgent
     from xmppll.discovery.presence import Presence
@@ -550,7 +565,7 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
     config = AgentConfig(
         name=identity.check_instance_name(name or identity.default_name()),
         presence=Presence(port=port or DEFAULT_PORT), interfaces=ifaces or [],
-        port_given=port is not None, verify=verify, publish=not no_announce,
+        port_given=port is not None, verify=verify, publish=not no_announce, tls=tls,
     )
 
     def emit(event: dict[str, Any]) -> None:
@@ -559,6 +574,50 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
 
     background = BackgroundAgent(config, emit)
     return background, background.start()
+
+
+@cli.command()
+@click.argument("name", shell_complete=_complete_peers)
+@click.option("--fingerprint", metavar="PIN", help="Trust this key (sha256:..., as browse "
+              "shows it in \"tls\") instead of the one NAME advertises now.")
+@click.option("--forget", is_flag=True, help="Forget NAME's key: the next contact records "
+              "the key it shows then (or that it has none).")
+@click.option("--timeout", type=float, default=3.0, show_default=True, metavar="SECONDS",
+              help="Longest wait to find NAME on the link.")
+@interface_option
+@json_option
+@quiet_option
+def trust(name: str, fingerprint: str | None, forget: bool, timeout: float,
+          interfaces: tuple[str, ...], as_json: bool | None, quiet: bool) -> None:
+    """Accept the key NAME advertises now as its key. xmppll remembers the key each
+    peer name shows first (like ssh's known_hosts, in $XDG_STATE_HOME/xmppll/known_peers)
+    and refuses a name whose key changed, with exit code 77, until you run this.
+
+    \b
+    Examples:
+      xmppll trust juliet@capulet
+      xmppll trust juliet@capulet --fingerprint sha256:0Xq...
+      xmppll trust juliet@capulet --forget"""
+    from xmppll.agent import client
+    from xmppll.agent.trust import trust as accept
+
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    ifaces = _check_interfaces(interfaces)
+    agent = None if ifaces else client.any_agent()
+    result = accept(name, fingerprint=fingerprint, forget=forget,
+                    peers=lambda: client.peers(agent, ifaces, timeout))
+    if quiet:
+        return
+    if render.wants_json(as_json):
+        render.write_json(result)
+    elif result["tls"] is None:
+        render.write_line(f"forgot the key of {render.safe(result['name'])}"
+                          + (f" ({result['was']})" if result["was"] else ""))
+    else:
+        was = f" (was {result['was']})" if result["was"] else ""
+        render.write_line(f"trusting {render.safe(result['name'])} with key "
+                          f"{result['tls']}{was}")
 
 
 @cli.command("config")
@@ -593,7 +652,7 @@ def show_config(as_json: bool | None) -> None:
 
 def _builtin(key: str, identity: Any) -> Any:
     return {"name": identity.default_name(), "status": "avail", "port": 5298,
-            "verify": "mark", "interfaces": []}.get(key)
+            "verify": "mark", "interfaces": [], "tls": "prefer"}.get(key)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ only reads and checks the file and says where each setting came from.
     port = 5298
     interfaces = ["eth0"]
     verify = "mark"             # strict | mark | off
+    tls = "prefer"              # prefer | require | off
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from xmppll.errors import DataError
 
 SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
-    "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+    "msg": str, "status": str, "port": int, "interfaces": list, "verify": str, "tls": str,
 }
-CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
+CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off"),
+           "tls": ("prefer", "require", "off")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
     "name": ("announce", "listen"),
@@ -40,6 +42,7 @@ COMMANDS = {
     "status": ("announce",), "port": ("announce", "listen"),
     "interfaces": ("announce", "browse", "send", "listen", "status", "withdraw"),
     "verify": ("listen",),
+    "tls": ("announce", "listen", "send"),
 }
 
 
