@@ -9,6 +9,7 @@ in test_tls_lan.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -123,6 +124,12 @@ async def test_messages_and_receipts_go_over_tls_and_the_sender_is_verified_by_k
         [record] = await wait_for(bob.stored)
         assert (record["body"], record["id"], record["verified"], record["secure"]) == (
             "secret plans", sent.id, True, "tls")
+        # The accepted side writes without Nagle: its restarted header waited ~40 ms for
+        # a delayed ACK before (asyncio skips TCP_NODELAY on proto-0 sockets).
+        accepted = bob.hub.usable("alice@h1")
+        assert accepted is not None and not accepted.initiator
+        sock = accepted.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         # Both remember the other's key on first use.
         assert alice.known.get("bob@h2") == bob.creds.pin
         assert bob.known.get("alice@h1") == alice.creds.pin
