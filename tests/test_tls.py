@@ -130,6 +130,8 @@ async def test_messages_and_receipts_go_over_tls_and_the_sender_is_verified_by_k
         assert accepted is not None and not accepted.initiator
         sock = accepted.writer.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        # What the files code gets to require the same keys on a second connection.
+        assert conn.peer_der == bob.creds.der and accepted.peer_der == alice.creds.der
         # Both remember the other's key on first use.
         assert alice.known.get("bob@h2") == bob.creds.pin
         assert bob.known.get("alice@h1") == alice.creds.pin

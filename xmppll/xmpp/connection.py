@@ -166,6 +166,7 @@ class Connection:
         self.pin = pin
         self.secure = False
         self.proven: str | None = None
+        self.peer_der: bytes | None = None  # the certificate behind `proven`
         self.tls_step: str | None = None  # initiating: "features", then "asked"
         self.offered_tls = False  # responding: our features offered <starttls/>
         self.established = False  # initiating: the stream is open (after TLS, if any)
@@ -341,8 +342,9 @@ class Connection:
         assert self.hub.tls is not None and self.pin is not None and self.peer is not None
         await self._wrap(self.hub.tls.client_context())
         ssl_object = self.writer.get_extra_info("ssl_object")
-        self.hub.tls.check(self.peer, self.pin, ssl_object.getpeercert(binary_form=True))
-        self.proven = self.pin
+        der = ssl_object.getpeercert(binary_form=True)
+        self.hub.tls.check(self.peer, self.pin, der)
+        self.proven, self.peer_der = self.pin, der
         self.hub.tls.proven(self.peer, self.pin)
         self.tls_step = None
         await self._write_now(header(from_=self.hub.me(), to=self.peer, version="1.0"))
@@ -357,7 +359,7 @@ class Connection:
         await self._wrap(hub_tls.server_context(client_der))
         if client_der is not None:
             # The handshake required this certificate: the initiator holds its key.
-            self.proven = tls.fingerprint(client_der)
+            self.proven, self.peer_der = tls.fingerprint(client_der), client_der
             if self.peer:
                 hub_tls.proven(self.peer, self.proven)
 

@@ -31,7 +31,10 @@ For the files code (bytestreams or an OOB URL between xmppll peers), the API is:
   against known peers; raises SecurityError on a changed key);
 - `Tls.check(name, pin, der)`: raises SecurityError unless the peer's certificate
   (`ssl_object.getpeercert(binary_form=True)`) matches the pin; `Tls.proven(name,
-  pin)` then remembers it.
+  pin)` then remembers it;
+- on a stream: `Connection.secure`, `Connection.proven` (the fingerprint the peer
+  proved) and `Connection.peer_der` (its certificate: `server_context(conn.peer_der)`
+  requires the same key on a second connection, e.g. a bytestream it opens to us).
 """
 
 from __future__ import annotations
@@ -178,9 +181,18 @@ class KnownPeers:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._cached: tuple[tuple[int, int, int], dict[str, tuple[str, str]]] | None = None
 
     def all(self) -> dict[str, tuple[str, str]]:
-        """lower-cased name -> (name, fingerprint)."""
+        """lower-cased name -> (name, fingerprint). Read again only when the file
+        changed: the hub asks before every stanza it writes to a peer."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cached is not None and self._cached[0] == stamp:
+            return dict(self._cached[1])
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -190,7 +202,8 @@ class KnownPeers:
             pin, _, name = line.strip().partition(" ")
             if pin.startswith("sha256:") and name:
                 known[name.lower()] = (name, pin)
-        return known
+        self._cached = (stamp, known)
+        return dict(known)
 
     def get(self, name: str) -> str | None:
         entry = self.all().get(name.lower())
