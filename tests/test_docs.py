@@ -92,7 +92,7 @@ def test_xmppll_7_documents_every_control_op_and_record_field() -> None:
     for key in ["name", "host", "addresses", "port", *peer_fields({})]:
         assert f".TP\n\\fB{key}\\fR\n" in text, f"peer field {key!r}"
     for key in ("seq", "kind", "from", "to", "type", "id", "body", "subject", "thread",
-                "xml", "peer", "verified", "received"):
+                "xml", "peer", "verified", "secure", "received"):
         assert f".TP\n\\fB{key}\\fR\n" in text, f"stanza field {key!r}"
 
 

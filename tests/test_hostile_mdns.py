@@ -156,7 +156,7 @@ def check_records(found: dict[str, dict[str, Any]], host: Host) -> None:
 def check_table(text: str, count: int) -> None:
     check_terminal_safe(text)
     lines = text.rstrip("\n").split("\n")
-    assert lines[0].split() == ["NAME", "STATUS", "ADDRESS", "PORT", "MESSAGE"]
+    assert lines[0].split() == ["NAME", "STATUS", "ADDRESS", "PORT", "TLS", "MESSAGE"]
     assert len(lines) == 1 + count, text
     for needle in ("\\x1b[2J", "\\x1b]0;pwned\\x07title", "\\u202eevil", "line1\\x0aline2",
                    "nul\\x00del\\x7fc1\\x85", "🎉 party", "j.doe@hostile", "\ufffd"):

@@ -41,7 +41,7 @@ PY = sys.executable
 HEADER_TIMEOUT = 1.5  # XMPPLL_HEADER_TIMEOUT of the tester@h2 agent
 RECEIVED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 RECORD_KEYS = {"seq", "kind", "from", "to", "type", "id", "body", "subject", "thread", "xml",
-               "peer", "verified", "received"}
+               "peer", "verified", "secure", "received"}
 RECEIVERS = ("tester@h2", "bot@h2", "tail@h2", "exec@h2")
 
 pytestmark = pytest.mark.lan

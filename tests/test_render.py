@@ -35,7 +35,7 @@ def auto_color(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_table_columns_line_up_by_display_width() -> None:
     lines = render.peer_table(PEERS)
-    assert lines[0].split() == ["NAME", "STATUS", "ADDRESS", "PORT", "MESSAGE"]
+    assert lines[0].split() == ["NAME", "STATUS", "ADDRESS", "PORT", "TLS", "MESSAGE"]
     starts = {line_start for line_start in
               (render.width(ln[:ln.index(col)]) for ln, col in
                zip(lines, ["STATUS", "away", "dnd", "avail"], strict=True))}

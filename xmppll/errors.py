@@ -61,6 +61,14 @@ class ConfigError(XmpplError):
     exit_code = 78  # EX_CONFIG: a TSIG key file that is unreadable, malformed or exposed
 
 
+class SecurityError(XmpplError):
+    """A stream refused for its security (STARTTLS, issue #13): the peer's key is not the
+    one it advertises, it advertises one but offers no STARTTLS (a downgrade), its key
+    changed since first use, or `tls = require` meets a peer that cannot encrypt."""
+
+    exit_code = 77  # EX_NOPERM
+
+
 def at_line(exc: XmpplError, lineno: int, sent: int) -> XmpplError:
     """The same failure, saying which input line it was and what went out before it
     (a script must know whether to resend the earlier lines)."""
@@ -100,8 +108,10 @@ EXIT_CODES: dict[int, str] = {
     74: "I/O error: socket, disk or closed output pipe",
     75: "timeout: the peer, the link or the DNS server did not answer in time",
     76: "protocol error: the peer broke the XML stream protocol",
-    77: "permission denied: the DNS server refused the update (unsigned, wrong key, "
-        "or the key may not update that zone)",
+    77: "refused: the DNS server refused the update (unsigned, wrong key, or the key "
+        "may not update that zone); or for security: the peer's key does not match its "
+        "pin, it offers no STARTTLS although it advertises a key (a downgrade), its key "
+        "changed (see xmppll trust), or tls = require and the peer cannot encrypt",
     78: "configuration error: the TSIG key file is unreadable, malformed or readable "
         "by others",
     130: "interrupted (Ctrl-C)",

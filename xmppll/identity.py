@@ -93,6 +93,12 @@ def state_dir(name: str) -> Path:
     return Path(base) / "xmppll" / _fs_name(name)
 
 
+def known_peers_path() -> Path:
+    """The TLS keys each peer name showed first (trust on first use), for all of this
+    user's names, like ssh's known_hosts."""
+    return state_dir("x").parent / "known_peers"
+
+
 def runtime_dir() -> Path:
     """Where agents put their control sockets: private to this user (0700)."""
     base = os.environ.get("XDG_RUNTIME_DIR")

@@ -30,7 +30,7 @@ from xmppll.discovery.directory import Directories, Peer
 from xmppll.discovery.mdns.directory import MdnsDirectory
 from xmppll.discovery.presence import Presence, check_status, encode_txt
 from xmppll.errors import DataError, UnavailableError, XmpplError
-from xmppll.xmpp import caps
+from xmppll.xmpp import caps, tls
 from xmppll.xmpp.delivery import Delivery, Hooks, PeerInfo
 from xmppll.xmpp.disco import Disco
 from xmppll.xmpp.dispatch import Dispatcher
@@ -56,6 +56,7 @@ class AgentConfig:
     wide: Any = None  # WideAreaSettings: also publish and browse these DNS-SD domains
     retention_policy: Policy = field(default_factory=Policy)
     downloads: DownloadConfig = field(default_factory=DownloadConfig)  # files offered to us
+    tls: str = "prefer"  # prefer | require | off (xmppll.xmpp.tls)
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -64,7 +65,7 @@ def caps_tuple() -> tuple[str, str, str]:
 
 def peer_info(peer: Peer | None) -> PeerInfo | None:
     return None if peer is None else PeerInfo(peer.name, peer.addresses, peer.port, peer.caps,
-                                              peer.domain)
+                                              peer.domain, peer.fields.get("tls"))
 
 
 class Agent:
@@ -88,6 +89,7 @@ class Agent:
         self.inbox: Inbox | None = None
         self.store: InboxStore | None = None
         self.hub: Hub | None = None
+        self.tls: tls.Tls | None = None
         self.delivery: Delivery | None = None
         self.downloads: Downloads | None = None
         self.ready = asyncio.Event()
@@ -114,6 +116,7 @@ class Agent:
 
     async def run(self) -> None:
         self._take_lock()
+        self.tls = make_tls(self.config.tls, self.state, self.config.name, self.presence)
         self.txt()  # refuse an unpublishable record before touching the network
         self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
@@ -149,7 +152,7 @@ class Agent:
         receipts = Receipts(dispatcher)
         disco = Disco(dispatcher)
         self.hub = Hub(me=me, peers=self.directory, dispatcher=dispatcher,
-                       verify=self.config.verify)
+                       verify=self.config.verify, tls=self.tls)
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
             resolve=self._resolve, stale=self.directory.stale, sources=self._sources))
         self.downloads = Downloads(self.config.downloads, dispatcher, self.hub, store)
@@ -408,6 +411,17 @@ class Agent:
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
+
+
+def make_tls(policy: str, state: Any, name: str, presence: Presence) -> tls.Tls:
+    """The name's key and certificate (made on its first announce, in its state
+    directory) with its fingerprint added to the presence, unless the policy is off."""
+    creds = None
+    if policy != "off":
+        creds = tls.Credentials.load_or_create(state / "tls", name)
+        presence.extra = [(k, v) for k, v in presence.extra if k.lower() != tls.TXT_KEY]
+        presence.extra.append((tls.TXT_KEY, creds.pin))
+    return tls.Tls(policy, creds, tls.KnownPeers(identity.known_peers_path()))
 
 
 def sd_notify(state: str) -> None:

@@ -139,7 +139,7 @@ def sending_agent(from_: str | None) -> str | None:
 
 def send(records: Iterator[tuple[int, Json]], *, agent: str | None, me: str,
          everyone: bool, timeout: float, wait: float, receipt: bool,
-         interfaces: list[str] | None, wide: Any = None) -> int:
+         interfaces: list[str] | None, wide: Any = None, tls: str = "prefer") -> int:
     """Deliver each (line number, message); returns how many were delivered."""
     if agent is None:
         import asyncio
@@ -147,7 +147,7 @@ def send(records: Iterator[tuple[int, Json]], *, agent: str | None, me: str,
         from xmppll.agent import sending
 
         options = sending.Options(me=me, timeout=timeout, wait=wait, receipt=receipt,
-                                  interfaces=interfaces, wide=wide)
+                                  interfaces=interfaces, wide=wide, tls=tls)
         return asyncio.run(sending.send_all(records, options, everyone=everyone))
     tally = Tally()
     for lineno, record in tally.read(records):

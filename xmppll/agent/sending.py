@@ -50,6 +50,7 @@ from xmppll.xmpp.disco import Disco
 from xmppll.xmpp.dispatch import Dispatcher
 from xmppll.xmpp.hub import Hub
 from xmppll.xmpp.receipts import Receipts
+from xmppll.xmpp.tls import KnownPeers, Tls
 
 log = logging.getLogger("xmppll")
 RESOLVE_TIMEOUT = 1.5  # answers come in ~0.15 s; lost ones on the 2nd query at ~1.1 s
@@ -65,6 +66,7 @@ class Options:
     receipt: bool
     interfaces: list[str] | None
     wide: Any = None  # WideAreaSettings: resolve in these DNS-SD domains first
+    tls: str = "prefer"  # prefer | require | off: no key of ours, the peer's is checked
 
 
 class HandoffStore:
@@ -121,7 +123,8 @@ class OneShot:
         self._held: dict[str, int] = {}  # the locks this send holds
         me = options.me
         dispatcher = Dispatcher(HandoffStore(me), lambda: me)
-        self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher)
+        self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher,
+                       tls=Tls(options.tls, None, KnownPeers(identity.known_peers_path())))
         self.delivery = Delivery(self.hub, Receipts(dispatcher), Disco(dispatcher), Hooks(
             resolve=self.resolve, stale=self.stale,
             sources=lambda peer: None if peer.domain else self.sources,
@@ -168,7 +171,8 @@ class OneShot:
         if peer is None:
             return None
         log.info("resolved %s: %s port %s", name, ", ".join(peer["addresses"]), peer["port"])
-        return PeerInfo(peer["name"], peer["addresses"], peer["port"], peer.get("caps"))
+        return PeerInfo(peer["name"], peer["addresses"], peer["port"], peer.get("caps"),
+                        peer.get("tls"))
 
     def stale(self, name: str) -> None:
         if self.view is not None:

@@ -101,6 +101,15 @@ def color_option(func: Any) -> Any:
     )(func)
 
 
+def tls_option(func: Any) -> Any:
+    return click.option(
+        "--tls", type=click.Choice(["prefer", "require", "off"]), default="prefer",
+        show_default=True, help="Encryption: STARTTLS with peers that advertise a key and "
+        "plain text with the others (prefer), refuse peers that cannot encrypt (require, "
+        "e.g. libpurple), or neither offer nor use it (off).", **_env("tls"),
+    )(func)
+
+
 def verbose_option(func: Any) -> Any:
     return click.option("--verbose", "-v", is_flag=True,
                         help="Show the mDNS and stream steps on stderr.")(func)
@@ -199,6 +208,7 @@ def _env(key: str) -> dict[str, Any]:
               "is taken.")
 @keep_options
 @download_options
+@tls_option
 @interface_option
 @dns_options(key=True, publish=True)
 @json_option
@@ -209,7 +219,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
              accept_files: str, download_dir: str | None, max_file_size: int | None,
-             interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
+             tls: str, interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
              quiet: bool, **dns: Any) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
     or withdrawn. Prints one event per line (announced, conflict, renamed, ...).
@@ -241,7 +251,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         name=identity.check_instance_name(name or identity.default_name()),
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
-        reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True),
+        reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True), tls=tls,
         retention_policy=keep.policy(),
         downloads=_downloads(accept_files, download_dir, max_file_size),
     )
@@ -487,6 +497,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--method", type=METHOD_CHOICE, default="auto", show_default=True,
               help="How files move: SI with SOCKS5 bytestreams (libpurple), OOB over "
               "HTTP (telepathy-salut, iChat), or what the peer takes.")
+@tls_option
 @interface_option
 @dns_options()
 @verbose_option
@@ -495,7 +506,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, id_: str | None,
          timeout: float | None,
          wait: float, json_input: bool, lines: bool, everyone: bool, files: tuple[str, ...],
-         file_name: str | None, method: str,
+         file_name: str | None, method: str, tls: str,
          interfaces: tuple[str, ...], verbose: bool, quiet: bool, **dns: Any) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
@@ -550,7 +561,8 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
     reads_stdin = json_input or lines or not text
     with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
         client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
-                    wait=wait, receipt=receipt, interfaces=ifaces, wide=_wide(dns))
+                    wait=wait, receipt=receipt, interfaces=ifaces, wide=_wide(dns),
+                    tls=tls)
 
 
 FILE_TIMEOUT = 120.0
@@ -689,6 +701,7 @@ def _json_records(default_to: str | None) -> Any:
               "(when this command starts the agent).")
 @keep_options
 @download_options
+@tls_option
 @interface_option
 @json_option
 @verbose_option
@@ -696,8 +709,9 @@ def _json_records(default_to: str | None) -> Any:
 @color_option
 def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
            verify: str, port: int | None, no_announce: bool, accept_files: str,
-           download_dir: str | None, max_file_size: int | None, interfaces: tuple[str, ...],
-           as_json: bool | None, verbose: bool, quiet: bool) -> None:
+           download_dir: str | None, max_file_size: int | None, tls: str,
+           interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
+           quiet: bool) -> None:
     """Print each received stanza as one JSON line (a readable line on a terminal).
 
     Follows the running agent's inbox; with none running, runs one in the foreground
@@ -727,7 +741,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
     if not agent:
         background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet,
                                          _downloads(accept_files, download_dir,
-                                                    max_file_size))
+                                                    max_file_size), tls)
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
         # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -764,7 +778,7 @@ def _interrupt(*_: object) -> None:
 
 def _start_agent(name: str | None, verify: str, port: int | None, no_announce: bool,
                  ifaces: list[str] | None, quiet: bool = False,
-                 downloads: Any = None) -> tuple[Any, str]:
+                 downloads: Any = None, tls: str = "prefer") -> tuple[Any, str]:
     from xmppll import identity
     from xmppll.agent.agent import AgentConfig, BackgroundAgent
     from xmppll.discovery.presence import Presence
@@ -772,7 +786,7 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
     config = AgentConfig(
         name=identity.check_instance_name(name or identity.default_name()),
         presence=Presence(port=port or DEFAULT_PORT), interfaces=ifaces or [],
-        port_given=port is not None, verify=verify, publish=not no_announce,
+        port_given=port is not None, verify=verify, publish=not no_announce, tls=tls,
         retention_policy=keep.policy(),
         **({"downloads": downloads} if downloads is not None else {}),
     )
@@ -873,6 +887,50 @@ def _print_record(record: dict[str, Any], as_json: bool | None) -> None:
         render.write_line(render.stanza_line(record, color=render.use_color()))
 
 
+@cli.command()
+@click.argument("name", shell_complete=_complete_peers)
+@click.option("--fingerprint", metavar="PIN", help="Trust this key (sha256:..., as browse "
+              "shows it in \"tls\") instead of the one NAME advertises now.")
+@click.option("--forget", is_flag=True, help="Forget NAME's key: the next contact records "
+              "the key it shows then (or that it has none).")
+@click.option("--timeout", type=float, default=3.0, show_default=True, metavar="SECONDS",
+              help="Longest wait to find NAME on the link.")
+@interface_option
+@json_option
+@quiet_option
+def trust(name: str, fingerprint: str | None, forget: bool, timeout: float,
+          interfaces: tuple[str, ...], as_json: bool | None, quiet: bool) -> None:
+    """Accept the key NAME advertises now as its key. xmppll remembers the key each
+    peer name shows first (like ssh's known_hosts, in $XDG_STATE_HOME/xmppll/known_peers)
+    and refuses a name whose key changed, with exit code 77, until you run this.
+
+    \b
+    Examples:
+      xmppll trust juliet@capulet
+      xmppll trust juliet@capulet --fingerprint sha256:0Xq...
+      xmppll trust juliet@capulet --forget"""
+    from xmppll.agent import client
+    from xmppll.agent.trust import trust as accept
+
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    ifaces = _check_interfaces(interfaces)
+    agent = None if ifaces else client.any_agent()
+    result = accept(name, fingerprint=fingerprint, forget=forget,
+                    peers=lambda: client.peers(agent, ifaces, timeout)[0])
+    if quiet:
+        return
+    if render.wants_json(as_json):
+        render.write_json(result)
+    elif result["tls"] is None:
+        render.write_line(f"forgot the key of {render.safe(result['name'])}"
+                          + (f" ({result['was']})" if result["was"] else ""))
+    else:
+        was = f" (was {result['was']})" if result["was"] else ""
+        render.write_line(f"trusting {render.safe(result['name'])} with key "
+                          f"{result['tls']}{was}")
+
+
 @cli.command("config")
 @json_option
 def show_config(as_json: bool | None) -> None:
@@ -911,7 +969,7 @@ def _builtin(key: str, identity: Any) -> Any:
             "verify": "mark", "interfaces": [], "domains": [], "dns_ttl": 60,
             "keep_days": DEFAULT_KEEP_DAYS, "keep_size": DEFAULT_KEEP_SIZE,
             "accept_files": "ask", "download_dir": str(default_download_dir()),
-            "max_file_size": MAX_FILE_SIZE}.get(key)
+            "max_file_size": MAX_FILE_SIZE, "tls": "prefer"}.get(key)
 
 
 def main() -> None:

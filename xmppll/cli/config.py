@@ -25,6 +25,7 @@ only reads and checks the file and says where each setting came from.
     accept_files = "ask"        # never | ask | verified | always
     download_dir = "~/Downloads/xmppll"
     max_file_size = 1073741824  # bytes
+    tls = "prefer"              # prefer | require | off
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ from xmppll.errors import DataError
 
 SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
-    "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
+    "msg": str, "status": str, "port": int, "interfaces": list, "verify": str, "tls": str,
     "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
     "keep_days": int, "keep_size": str,
     "accept_files": str, "download_dir": str, "max_file_size": int,
 }
 CHOICES = {"status": STATUSES, "verify": VERIFY_POLICIES,
-           "accept_files": ("never", "ask", "verified", "always")}
+           "accept_files": ("never", "ask", "verified", "always"),
+           "tls": ("prefer", "require", "off")}
 # The commands each setting is a default for (its option has the same name there).
 COMMANDS = {
     "name": ("announce", "listen", "inbox"),
@@ -63,6 +65,7 @@ COMMANDS = {
     "accept_files": ("announce", "listen"),
     "download_dir": ("announce", "listen"),
     "max_file_size": ("announce", "listen"),
+    "tls": ("announce", "listen", "send"),
 }
 
 

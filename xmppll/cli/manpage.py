@@ -330,6 +330,8 @@ ENV_HELP = {
     "XMPPLL_ACCEPT_FILES": "File offers: never, ask, verified or always.",
     "XMPPLL_DOWNLOAD_DIR": "Where received files go (a folder per sender).",
     "XMPPLL_MAX_FILE_SIZE": "Offers larger than this many bytes are declined.",
+    "XMPPLL_TLS": "Encryption policy: prefer (STARTTLS with peers that advertise a key), "
+                  "require (refuse peers that cannot encrypt) or off.",
 }
 
 OTHER_ENV: list[Block] = [
@@ -370,6 +372,13 @@ FILES: list[Block] = [
     ("tp", "`$XDG_DOWNLOAD_DIR/xmppll/SENDER/`",
      "Received files, one folder per sender (`~/Downloads/xmppll/SENDER/` without "
      "XDG_DOWNLOAD_DIR; `--download-dir` or config download_dir elsewhere)."),
+    ("tp", "`$XDG_STATE_HOME/xmppll/NAME/tls/key.pem`, `cert.pem`",
+     "NAME's key pair and self-signed certificate (0600), made on its first announce unless "
+     "`--tls off`; the certificate's fingerprint is published as TXT `x-xmppll-tls`."),
+    ("tp", "`$XDG_STATE_HOME/xmppll/known_peers`",
+     "The key each peer name showed first (`FINGERPRINT NAME` per line), like ssh's "
+     "known_hosts: a name whose key changes is refused (exit 77) until "
+     "`xmppll trust NAME`."),
     ("tp", "`$XDG_RUNTIME_DIR/xmppll/NAME.sock`",
      "The agent's control socket (directory 0700, socket 0600); "
      "`/tmp/xmppll-UID/NAME.sock` without XDG_RUNTIME_DIR."),
@@ -462,6 +471,10 @@ PEER_FIELDS: list[tuple[str, str]] = [
     ("email", "TXT `email`, or null."),
     ("jid", "TXT `jid`, or null."),
     ("caps", "XEP-0115 capabilities `{\"node\", \"hash\", \"ver\"}`, or null."),
+    ("tls", "The fingerprint of the peer's TLS key (`sha256:` and 43 base64url "
+            "characters, TXT `x-xmppll-tls`): it speaks STARTTLS, and a stream to it must "
+            "show that key. Null for peers that cannot encrypt (libpurple, "
+            "telepathy-salut)."),
     ("txt", "Every TXT key as published (lower-cased, first occurrence wins), unknown "
             "ones included."),
 ]
@@ -482,7 +495,11 @@ STANZA_FIELDS: list[tuple[str, str]] = [
     ("peer", "Where it came from: `{\"address\", \"port\", \"name\"}` (and `scope` for "
              "link-local IPv6)."),
     ("verified", "True when the sender's claimed name advertises the address the stream "
-                 "came from; false or null otherwise."),
+                 "came from, or, for a name that advertises a TLS key, when the sender "
+                 "proved that key in the TLS handshake; false or null otherwise."),
+    ("secure", "`tls` when the stream was encrypted (STARTTLS, TLS 1.3); null for plain "
+               "text. With `verified` true, a `tls` record came from the holder of the "
+               "key its sender's name advertises, unread by others on the link."),
     ("received", "When the agent stored it, UTC, ISO 8601 with milliseconds."),
 ]
 
@@ -575,6 +592,7 @@ def records_page() -> str:
         ' "status": "avail", "msg": "Hanging out", "nick": "JuliC",',
         ' "first": "Juliet", "last": "Capulet", "email": null, "jid": null,',
         ' "caps": {"node": "...", "hash": "sha-1", "ver": "..."},',
+        ' "tls": "sha256:0XqZ...43 characters...",',
         ' "txt": {"txtvers": "1", "status": "avail", "port.p2pj": "5298"}}',
     ]
     stanza_example = [
@@ -582,7 +600,7 @@ def records_page() -> str:
         ' "to": "juliet@capulet", "type": "chat", "id": "a1b2", "body": "hi",',
         ' "subject": null, "thread": null, "xml": "<message ...>...</message>",',
         ' "peer": {"address": "10.0.0.6", "port": 51234, "name": "romeo@montague"},',
-        ' "verified": true, "received": "2026-11-24T12:00:00.123Z"}',
+        ' "verified": true, "secure": "tls", "received": "2026-11-24T12:00:00.123Z"}',
     ]
     op_blocks: list[Block] = []
     for op, args, reply in OPS:

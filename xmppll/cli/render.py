@@ -149,13 +149,13 @@ def _address(peer: dict[str, Any]) -> str:
 def peer_table(peers: Iterable[dict[str, Any]], *, color: bool = False,
                max_width: int | None = None) -> list[str]:
     """The peers for a person: aligned columns, status as one coloured word."""
-    rows: list[tuple[str, ...]] = [("NAME", "STATUS", "ADDRESS", "PORT", "MESSAGE")]
-    colors: list[tuple[str | None, ...]] = [("1",) * 5]
+    rows: list[tuple[str, ...]] = [("NAME", "STATUS", "ADDRESS", "PORT", "TLS", "MESSAGE")]
+    colors: list[tuple[str | None, ...]] = [("1",) * 6]
     for p in peers:
         status = _STATUS_MARK.get(p.get("status") or "", "?")
         rows.append((safe(p["name"]), status, safe(_address(p)), str(p.get("port", "")),
-                     safe(p.get("msg") or "")))
-        colors.append((None, _STATUS_SGR.get(status), None, None, None))
+                     "yes" if p.get("tls") else "-", safe(p.get("msg") or "")))
+        colors.append((None, _STATUS_SGR.get(status), None, None, None, None))
     return table(rows, colors=colors, color=color, max_width=max_width)
 
 

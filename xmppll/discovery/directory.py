@@ -160,3 +160,8 @@ class Directories:
     def advertised_by(self, name: str, address: Address) -> bool:
         peer = self.find(name)
         return peer is not None and advertises(peer.addresses, address)
+
+    def pin(self, name: str) -> str | None:
+        """The TLS key fingerprint `name` advertises (x-xmppll-tls), if any."""
+        peer = self.find(name)
+        return None if peer is None else peer.fields.get("tls")

@@ -17,6 +17,7 @@ from xmppll.errors import DataError, UsageError
 MAX_STRING = 255  # RFC 6763 §6.1: one length byte
 MAX_RECORD = 400  # RFC 6763 §6.2: still fits a 512-byte DNS message
 _PERSONAL = ("1st", "last", "nick", "email", "jid")
+TLS_KEY = "x-xmppll-tls"  # the STARTTLS key fingerprint (xmppll.xmpp.tls.TXT_KEY)
 
 
 class TruncatedWarning(UserWarning):
@@ -74,7 +75,8 @@ def parse_txt_option(text: str) -> tuple[str, str | None]:
 
 
 def _reserved_keys() -> set[str]:
-    return {"txtvers", "status", "port.p2pj", "msg", "node", "hash", "ver", *_PERSONAL}
+    return {"txtvers", "status", "port.p2pj", "msg", "node", "hash", "ver", TLS_KEY,
+            *_PERSONAL}
 
 
 def _entry(key: str, value: str | None) -> bytes:
@@ -189,5 +191,8 @@ def peer_fields(txt: dict[str, str | None]) -> dict[str, Any]:
         "email": txt.get("email"),
         "jid": txt.get("jid"),
         "caps": caps,
+        # The key it encrypts with: its presence says it speaks STARTTLS (an empty
+        # value still does, and matches no certificate).
+        "tls": (txt[TLS_KEY] or "sha256:") if TLS_KEY in txt else None,
         "txt": txt,
     }

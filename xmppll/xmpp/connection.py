@@ -9,15 +9,25 @@ is what we write our own stanzas on.
 Responding, our header goes out in a write of its own (libpurple waits for it before
 sending anything, and crashes when the header and an element arrive in one read).
 Closing, "delivered" means the peer closed its side after reading our closing tag.
+
+STARTTLS (xmppll.xmpp.tls) happens here, driven by the read loop so that nothing reads
+the socket while it is wrapped. Initiating to a peer that advertises a pin: its
+features must offer <starttls/> (else a downgrade, refused), we send it with our
+certificate inside, wait for <proceed/>, wrap, check its certificate against the pin,
+and open the stream again; the stream is usable only after the peer's new header.
+Responding: <starttls/> is offered only to initiators that sent version='1.0'
+(libpurple never does, and crashes on features it did not ask for).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import logging
 import socket
+import ssl
 import struct
 import termios
 import xml.etree.ElementTree as ET
@@ -25,7 +35,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xmppll.addresses import normalize
-from xmppll.errors import IOFailure, ProtocolFailure, TimeoutFailure, UnavailableError
+from xmppll.errors import (
+    IOFailure,
+    ProtocolFailure,
+    SecurityError,
+    TimeoutFailure,
+    UnavailableError,
+)
+from xmppll.xmpp import tls
 from xmppll.xmpp.stream import (
     CLOSE,
     FEATURES_EMPTY,
@@ -90,6 +107,23 @@ def stream_error(condition: str, text: str | None = None) -> bytes:
     return (f"<stream:error><{condition} xmlns='{ns}'/>{detail}</stream:error>").encode() + CLOSE
 
 
+def _starttls_features(required: bool) -> bytes:
+    inner = "<required/>" if required else ""
+    return (f"<stream:features><starttls xmlns='{tls.TLS_NS}'>{inner}</starttls>"
+            "</stream:features>").encode()
+
+
+def _starttls_request(hub_tls: tls.Tls | None) -> bytes:
+    """<starttls/>, with our certificate inside when we have one: it is public (its
+    fingerprint is in our TXT), and the responder needs it before the handshake to
+    require that we prove its key (tls.py)."""
+    if hub_tls is None or hub_tls.creds is None:
+        return f"<starttls xmlns='{tls.TLS_NS}'/>".encode()
+    cert = base64.b64encode(hub_tls.creds.der).decode()
+    return (f"<starttls xmlns='{tls.TLS_NS}'><certificate xmlns='{tls.CERT_NS}'>{cert}"
+            "</certificate></starttls>").encode()
+
+
 def _error_condition(element: ET.Element) -> str:
     for child in element:
         local = split_tag(child.tag)[1]
@@ -102,7 +136,7 @@ class Connection:
     """One TCP connection to one peer, a stream each way."""
 
     def __init__(self, hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 *, initiator: bool, peer: str | None = None) -> None:
+                 *, initiator: bool, peer: str | None = None, pin: str | None = None) -> None:
         self.hub = hub
         self.reader = reader
         self.writer = writer
@@ -125,6 +159,17 @@ class Connection:
         self.store_failed = False
         self.last_used = asyncio.get_running_loop().time()
         self.idle_handle: asyncio.TimerHandle | None = None
+        # TLS: the fingerprint the peer must show (initiating: from its TXT; None means
+        # plain text is allowed), whether the stream is encrypted, and the fingerprint
+        # the peer proved it holds the key of (initiating: the responder's; responding:
+        # the initiator's, when it sent a certificate matching its advertised pin).
+        self.pin = pin
+        self.secure = False
+        self.proven: str | None = None
+        self.peer_der: bytes | None = None  # the certificate behind `proven`
+        self.tls_step: str | None = None  # initiating: "features", then "asked"
+        self.offered_tls = False  # responding: our features offered <starttls/>
+        self.established = False  # initiating: the stream is open (after TLS, if any)
 
     def __str__(self) -> str:
         """How logs name it: `from 10.0.0.6:51234`, or `to juliet@capulet at ...`."""
@@ -136,7 +181,8 @@ class Connection:
     def usable(self) -> bool:
         """Open both ways, its peer known: a stanza written now will be read."""
         return (self.header_seen.is_set() and not self.done.is_set() and not self.closing
-                and self.peer is not None and self.verified is not False)
+                and self.peer is not None and self.verified is not False
+                and self.hub.secure_enough(self))
 
     # --- reading --------------------------------------------------------------------
 
@@ -166,6 +212,10 @@ class Connection:
             self.failure = exc
             log.warning("stream %s refused: %s", self, exc)
             await self._send_quietly(stream_error("not-authorized", str(exc)))
+        except SecurityError as exc:
+            # Nothing more is written: the other end is not who we meant to talk to.
+            self.failure = exc
+            log.log(level, "stream %s refused: %s", self, exc)
         except ConnectionResetError as exc:
             # libpurple refuses an unresolved sender by closing at once; our header,
             # already on its way, then hits a closed socket and its close comes back
@@ -201,16 +251,21 @@ class Connection:
                 await self._settle()  # the peer dropped TCP after (or without) its close
                 return
             self.last_used = loop.time()
+            parser = self.parser
             try:
-                events = self.parser.feed(data)
+                events = parser.feed(data)
             except StreamError as exc:
                 for event in exc.events:  # what arrived whole before the fault is kept
                     await self._handle(event)
+                    if self.parser is not parser:
+                        break
                 await self._settle()
                 raise
             for event in events:
                 if await self._handle(event):
                     return
+                if self.parser is not parser:
+                    break  # TLS is on: what came in clear behind <proceed/> is dropped
             if len(self.unstored) > MAX_UNSTORED or self.hub.backlogged():
                 await self._settle()
 
@@ -232,24 +287,125 @@ class Connection:
     async def _open(self, event: StreamOpen) -> None:
         self.peer_header = event.attrs
         claimed = event.attrs.get("from") or None
-        if not self.initiator:
-            v10 = event.attrs.get("version") == "1.0"
+        v10 = event.attrs.get("version") == "1.0"
+        if self.initiator:
+            if self.pin is not None and not self.secure:
+                if not v10:
+                    raise SecurityError(
+                        f"{self.peer} advertises a TLS key but answered without XMPP 1.0, "
+                        "so without STARTTLS: refused as a downgrade")
+                self.tls_step = "features"
+                return  # usable once TLS is on and the stream restarted
+            self.established = True
+        else:
             await self._send_quietly(header(from_=self.hub.me(), to=claimed,
                                             version="1.0" if v10 else None))
             if v10:
-                await self._send_quietly(FEATURES_EMPTY)
+                offer = self.hub.tls is not None and self.hub.tls.offers and not self.secure
+                self.offered_tls = offer
+                await self._send_quietly(_starttls_features(self.hub.tls.required)
+                                         if offer and self.hub.tls else FEATURES_EMPTY)
             if claimed:
                 await self._identify(claimed)
         self.header_seen.set()
 
     async def _identify(self, claimed: str | None) -> None:
-        self.peer, self.verified = await self.hub.identify(claimed, self.remote)
+        self.peer, self.verified = await self.hub.identify(claimed, self.remote, self.proven)
         if self.peer is not None:
             self.hub.register(self)
+
+    # --- STARTTLS -------------------------------------------------------------------
+
+    async def _tls(self, element: ET.Element) -> None:
+        """An element of the STARTTLS namespace (or the features that may offer it)."""
+        local = split_tag(element.tag)[1]
+        if local == "features":
+            # From a responder, or from an initiator (salut sends them): only an
+            # initiator waiting for the offer of STARTTLS reads them.
+            if not self.initiator or self.tls_step != "features":
+                return
+            if element.find(f"{{{tls.TLS_NS}}}starttls") is None:
+                raise SecurityError(f"{self.peer} advertises a TLS key but does not offer "
+                                    "STARTTLS: refused as a downgrade")
+            self.tls_step = "asked"
+            await self._write_now(_starttls_request(self.hub.tls))
+        elif self.initiator and local == "proceed" and self.tls_step == "asked":
+            await self._start_tls_initiator()
+        elif self.initiator and local == "failure" and self.tls_step == "asked":
+            raise SecurityError(f"{self.peer} refused STARTTLS")
+        elif not self.initiator and local == "starttls":
+            await self._start_tls_responder(element)
+        else:
+            raise StreamError(f"unexpected <{local}/> of STARTTLS")
+
+    async def _start_tls_initiator(self) -> None:
+        assert self.hub.tls is not None and self.pin is not None and self.peer is not None
+        await self._wrap(self.hub.tls.client_context())
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True)
+        self.hub.tls.check(self.peer, self.pin, der)
+        self.proven, self.peer_der = self.pin, der
+        self.hub.tls.proven(self.peer, self.pin)
+        self.tls_step = None
+        await self._write_now(header(from_=self.hub.me(), to=self.peer, version="1.0"))
+
+    async def _start_tls_responder(self, element: ET.Element) -> None:
+        hub_tls = self.hub.tls
+        if not self.offered_tls or hub_tls is None or self.secure:
+            await self._send_quietly(f"<failure xmlns='{tls.TLS_NS}'/>".encode() + CLOSE)
+            raise StreamError("STARTTLS was not offered")
+        client_der = self._initiator_certificate(element)
+        await self._write_now(f"<proceed xmlns='{tls.TLS_NS}'/>".encode())
+        await self._wrap(hub_tls.server_context(client_der))
+        if client_der is not None:
+            # The handshake required this certificate: the initiator holds its key.
+            self.proven, self.peer_der = tls.fingerprint(client_der), client_der
+            if self.peer:
+                hub_tls.proven(self.peer, self.proven)
+
+    def _initiator_certificate(self, element: ET.Element) -> bytes | None:
+        """The certificate the initiator sent, if it matches the pin its claimed name
+        advertises; else None (TLS without client proof: the sender stays unverified
+        unless its name advertises no key and the address check holds)."""
+        cert = element.find(f"{{{tls.CERT_NS}}}certificate")
+        claimed = self.peer or (self.peer_header or {}).get("from")
+        if cert is None or not claimed or not cert.text or len(cert.text) > 2 * tls.MAX_CERT:
+            return None
+        try:
+            der = base64.b64decode(cert.text, validate=True)
+        except ValueError:
+            return None
+        try:
+            pin = self.hub.expected_pin(claimed)
+        except SecurityError as exc:
+            log.warning("stream %s: %s", self, exc)
+            return None
+        if pin is None or tls.fingerprint(der) != pin:
+            log.warning("stream %s: %s sent a certificate that is not the one it "
+                        "advertises: it stays unverified", self, claimed)
+            return None
+        return der
+
+    async def _wrap(self, context: ssl.SSLContext) -> None:
+        """TLS on this socket, then a fresh stream: the parser starts over."""
+        try:
+            await self.writer.start_tls(context, ssl_handshake_timeout=self.hub.header_timeout)
+        except ssl.SSLError as exc:
+            raise SecurityError(f"TLS with {self.peer or self.remote} failed: "
+                                f"{exc.reason or exc}") from None
+        self.secure = True
+        self.parser = StreamParser()
+
+    async def _write_now(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def _stanza(self, event: Stanza) -> None:
         element = event.element
         ns, local = split_tag(element.tag)
+        if ns == tls.TLS_NS or (ns == STREAM_NS and local == "features"):
+            await self._tls(element)
+            return
         if ns == STREAM_NS:
             if local == "error":
                 self.error = _error_condition(element)
@@ -261,9 +417,13 @@ class Connection:
             elif self.verified is not None:
                 # Checked again for every stanza: if the name stops advertising this
                 # address mid-stream, what follows is no longer vouched for.
-                self.verified = self.hub.still_verified(self.peer, self.remote)
+                self.verified = self.hub.still_verified(self.peer, self.remote, self.proven)
             if self.hub.strict and not self.verified:
                 raise Refused(f"sender {self.peer or 'unknown'} is not verified")
+            if self.hub.tls is not None and self.hub.tls.required and not self.secure:
+                raise Refused(f"this agent requires TLS (tls = require) and "
+                              f"{self.peer or 'the sender'} sent in plain text "
+                              f"({tls.PLAIN_PEERS} cannot encrypt)")
         stored = await self.hub.dispatch(self, element, event.xml)
         if stored is not None:
             self.unstored.append(stored)
@@ -303,10 +463,17 @@ class Connection:
         if self.peer_header is None:
             self.raise_if_failed(before_header=True)
             raise Rejected(f"{self.peer} closed the connection without answering")
+        if not self.established:
+            if self.failure is not None and not isinstance(self.failure, ConnectionError):
+                self.raise_if_failed()
+            raise UnavailableError(f"{self.peer} closed the connection during STARTTLS (it "
+                                   "may hold another key for our name)")
         self.raise_if_failed()
 
     def raise_if_failed(self, *, before_header: bool = False) -> None:
         """The failure that ended this stream, as the error a sender reports."""
+        if isinstance(self.failure, SecurityError):
+            raise self.failure
         if self.error:
             if self.error in ("not-authorized", "policy-violation"):
                 raise Rejected(f"{self.peer} refused our stream ({self.error})")

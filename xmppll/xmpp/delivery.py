@@ -59,10 +59,11 @@ class PeerInfo:
     port: int
     caps: dict[str, Any] | None = None
     domain: str | None = None  # a wide-area peer's DNS-SD domain; None: on the link
+    pin: str | None = None  # the TLS key it advertises (xmppll.xmpp.tls)
 
     @property
     def target(self) -> Target:
-        return Target(self.name, self.addresses, self.port)
+        return Target(self.name, self.addresses, self.port, self.pin)
 
 
 Resolve = Callable[[str, float], Awaitable["PeerInfo | None"]]

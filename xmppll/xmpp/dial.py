@@ -27,6 +27,7 @@ class Target:
     name: str
     addresses: list[str]
     port: int
+    pin: str | None = None  # the TLS key it advertises (xmppll.xmpp.tls)
 
 
 def _order(addresses: list[str]) -> list[str]:

@@ -144,6 +144,7 @@ class Dispatcher:
             peer["scope"] = conn.remote.scope
         record["peer"] = peer
         record["verified"] = conn.verified
+        record["secure"] = "tls" if conn.secure else None
         record["received"] = _now()
         return record
 

@@ -8,11 +8,16 @@ contact at once), and every stanza read on any connection goes through one dispa
 Environment: XMPPLL_HEADER_TIMEOUT (seconds, default stream.HEADER_TIMEOUT = 10)
 bounds how long an accepted connection may stay silent before its stream header;
 tests of a silent peer set it short. It is read when the hub is made.
+
+With TLS (xmppll.xmpp.tls) a name that advertises a key is checked by that key, not
+by its address: a stream from it is verified once the initiator proved the key in the
+handshake, and a connection to or from it is used for our stanzas only then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,11 +26,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from xmppll.addresses import Address, advertises
-from xmppll.errors import IOFailure
+from xmppll.errors import IOFailure, SecurityError
 from xmppll.xmpp.connection import Connection, Remote
 from xmppll.xmpp.dial import Target, connect
 from xmppll.xmpp.dispatch import Dispatcher
 from xmppll.xmpp.stream import HEADER_TIMEOUT
+from xmppll.xmpp.tls import PLAIN_PEERS, Tls
 
 log = logging.getLogger("xmppll")
 HEADER_TIMEOUT_ENV = "XMPPLL_HEADER_TIMEOUT"
@@ -49,6 +55,10 @@ class Peers(Protocol):
 
     def advertised_by(self, name: str, address: Address) -> bool: ...
 
+    # The TLS pin `name` advertises (its TXT x-xmppll-tls), or None. Optional: a Peers
+    # without it is taken to know of no keys.
+    # def pin(self, name: str) -> str | None: ...
+
 
 def header_timeout() -> float:
     """Seconds a new connection may take to send its stream header: HEADER_TIMEOUT, or
@@ -65,11 +75,12 @@ class Hub:
     """The connections of one name (an agent, or a one-shot `send`)."""
 
     def __init__(self, *, me: Callable[[], str], peers: Peers | None,
-                 dispatcher: Dispatcher, verify: str = "mark") -> None:
+                 dispatcher: Dispatcher, verify: str = "mark", tls: Tls | None = None) -> None:
         self.me = me
         self.peers = peers
         self.dispatcher = dispatcher
         self.verify = verify
+        self.tls = tls if tls is not None and tls.on else None
         self.header_timeout = header_timeout()
         self.by_peer: dict[str, list[Connection]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -128,8 +139,15 @@ class Hub:
     async def dial(self, target: Target, *, timeout: float,
                    sources: list[str] | None) -> Connection:
         """A new connection to `target`, its stream open both ways."""
+        pin = None
+        if self.tls is not None:
+            pin = self.tls.expect(target.name, target.pin)
+            if pin is None and self.tls.required:
+                raise SecurityError(
+                    f"{target.name} cannot encrypt (it advertises no TLS key, like "
+                    f"{PLAIN_PEERS}) and tls = require: not sent")
         reader, writer = await connect(target, timeout=timeout, sources=sources)
-        conn = Connection(self, reader, writer, initiator=True, peer=target.name)
+        conn = Connection(self, reader, writer, initiator=True, peer=target.name, pin=pin)
         self.dialled += 1
         self._spawn(conn.run(timeout))
         try:
@@ -147,6 +165,7 @@ class Hub:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        _no_delay(writer)
         if len(self.tasks) >= MAX_SESSIONS:
             log.warning("connection from %s refused: %d streams open already",
                         writer.get_extra_info("peername"), len(self.tasks))
@@ -180,15 +199,61 @@ class Hub:
 
     # --- who is on the other end ----------------------------------------------------
 
-    async def identify(self, claimed: str | None,
-                       remote: Remote) -> tuple[str | None, bool | None]:
-        """The claimed name if it advertises this address, else the only peer that
-        advertises it; the second value says whether that held (None: not checked)."""
+    # --- TLS ------------------------------------------------------------------------
+
+    def advertised_pin(self, name: str) -> str | None:
+        lookup = getattr(self.peers, "pin", None)
+        return lookup(name) if lookup is not None else None
+
+    def expected_pin(self, name: str) -> str | None:
+        """The key a stream with `name` must prove (its TXT, checked against the known
+        peers: SecurityError when it changed); None when it advertises none."""
+        if self.tls is None:
+            return None
+        return self.tls.expect(name, self.advertised_pin(name))
+
+    def secure_enough(self, conn: Connection) -> bool:
+        """May our stanzas go out on `conn`? Not in clear, nor before the key is proven,
+        to a name that advertises a key; not in clear at all under tls = require."""
+        if self.tls is None:
+            return True
+        if conn.initiator:
+            pin = conn.pin
+        else:
+            try:
+                pin = self.expected_pin(conn.peer) if conn.peer else None
+            except SecurityError:
+                return False
+        if pin is not None:
+            return conn.secure and conn.proven == pin
+        return conn.secure or not self.tls.required
+
+    def _key_check(self, name: str, proven: str | None) -> bool | None:
+        """Verified by key (True/False) when `name` advertises one; None when it does
+        not, and the address check applies."""
+        if self.tls is None:
+            return None
+        try:
+            pin = self.expected_pin(name)
+        except SecurityError as exc:
+            log.warning("sender %s not verified: %s", name, exc)
+            return False
+        if pin is None:
+            return None
+        return proven == pin
+
+    async def identify(self, claimed: str | None, remote: Remote,
+                       proven: str | None = None) -> tuple[str | None, bool | None]:
+        """The claimed name if it advertises this address (or, when it advertises a TLS
+        key, if the stream proved that key), else the only peer that advertises it; the
+        second value says whether that held (None: not checked)."""
         address = (remote.address, remote.scope)
         if self.verify == "off" or self.peers is None:
             return claimed, None
         if claimed and claimed.lower() == self.me().lower():
             return claimed, False  # nobody else may speak as us
+        if claimed and (by_key := self._key_check(claimed, proven)) is not None:
+            return claimed, by_key
         if claimed:
             if not self.peers.advertised_by(claimed, address):
                 # Asked, not only looked up: a wide-area sender's records are one DNS
@@ -201,11 +266,26 @@ class Hub:
             return owners[0], True
         return None, False
 
-    def still_verified(self, name: str | None, remote: Remote) -> bool:
+    def still_verified(self, name: str | None, remote: Remote,
+                       proven: str | None = None) -> bool:
         """The check of identify() against what is known now, without waiting."""
         if not name or name.lower() == self.me().lower() or self.peers is None:
             return False
+        by_key = self._key_check(name, proven)
+        if by_key is not None:
+            return by_key
         return self.peers.advertised_by(name, (remote.address, remote.scope))
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """TCP_NODELAY on an accepted socket. asyncio sets it only on sockets whose proto is
+    IPPROTO_TCP, and those accepted from our listeners have proto 0: Nagle then held our
+    small writes (a stream header, a receipt) behind the peer's delayed ACK, ~40 ms
+    each time, which made every STARTTLS restart cost 42 ms."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def bind_port(port: int, given: bool) -> list[socket.socket]:

@@ -1,0 +1,100 @@
+"""STARTTLS end to end on the virtual LAN (#13): xmppll <-> xmppll as real subprocesses,
+a packet capture in the receiver's namespace, `listen` marking what it got, and a
+changed key refused until `xmppll trust`. The in-process cases (MITM, downgrade,
+policies) are in test_tls.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import lan_missing, require
+from lan import Host, Lan
+from peers.sniffer import Sniffer
+from xmppll_side import listen, start_agent, stop_gently, wait_until, xmppll_json
+
+pytestmark = pytest.mark.lan
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[Lan]:
+    missing = lan_missing()
+    require(missing is None, f"virtual LAN support: {missing}")
+    with Lan(2) as lan:
+        yield lan
+
+
+def peer_on(host: Host, name: str) -> dict[str, Any] | None:
+    for peer in xmppll_json(host, "browse", "--json"):
+        if peer["name"] == name:
+            return peer
+    return None
+
+
+def start_bob(host: Host) -> tuple[Any, Any, Any]:
+    proc, out, err = listen(host, "bob@h2")
+    err.wait_for("announced", 15)
+    return proc, out, err
+
+
+def test_xmppll_streams_are_encrypted_verified_and_a_new_key_waits_for_trust(
+        lan: Lan, tmp_path: Path) -> None:
+    a, b = lan.hosts
+    sniffer = Sniffer(b, tmp_path / "capture.jsonl")
+    bob, out, err = start_bob(b)
+    alice = start_agent(a, "alice@h1")
+    try:
+        # browse shows who speaks TLS; each side knows the other's key before sending.
+        bob_peer = wait_until(lambda: (p := peer_on(a, "bob@h2")) and p["tls"] and p, 10,
+                              "alice to see bob's key")
+        wait_until(lambda: (p := peer_on(b, "alice@h1")) and p["tls"], 10,
+                   "bob to see alice's key")
+        table = a.xmppll("browse", "--table").stdout
+        assert table.splitlines()[0].split()[4] == "TLS"
+        assert table.splitlines()[1].split()[4] == "yes"
+
+        secret = "s3cr3t-" + secrets.token_hex(8)
+        done = a.xmppll("send", "bob@h2", f"{secret} build 42 failed")
+        assert done.returncode == 0, done.stderr
+        record = out.wait_json(lambda r: secret in (r.get("body") or ""), 15)
+        assert (record["from"], record["verified"], record["secure"]) == (
+            "alice@h1", True, "tls")
+        # The pinned key is remembered on both sides.
+        known = Path(a.env["XDG_STATE_HOME"]) / "xmppll" / "known_peers"
+        assert f"{bob_peer['tls']} bob@h2" in known.read_text()
+
+        sniffer.stop()
+        tcp = [r for r in sniffer.records() if r.get("proto") == "tcp" and r["data"]]
+        wire = b"".join(bytes.fromhex(r["data"]) for r in tcp)
+        assert b"<starttls" in wire and b"<proceed" in wire, "STARTTLS went over this link"
+        assert secret.encode() not in wire, "the body crossed the link in clear"
+        assert b"build 42" not in wire
+
+        # bob comes back with another key: refused (exit 77) until alice trusts it.
+        stop_gently(bob)
+        shutil.rmtree(Path(b.env["XDG_STATE_HOME"]) / "xmppll" / "bob@h2" / "tls")
+        bob, out, err = start_bob(b)
+        new = wait_until(lambda: (p := peer_on(a, "bob@h2")) and p["tls"] != bob_peer["tls"]
+                         and p["tls"], 10, "alice to see bob's new key")
+        wait_until(lambda: (p := peer_on(b, "alice@h1")) and p["tls"], 10,
+                   "bob to see alice again")
+        refused = a.xmppll("send", "bob@h2", "after the change")
+        assert refused.returncode == 77, refused.stderr
+        assert "xmppll trust bob@h2" in refused.stderr and "changed" in refused.stderr
+        trusted = a.xmppll("trust", "bob@h2", "--json")
+        assert trusted.returncode == 0, trusted.stderr
+        assert new in trusted.stdout
+        done = a.xmppll("send", "bob@h2", f"{secret} again")
+        assert done.returncode == 0, done.stderr
+        record = out.wait_json(lambda r: f"{secret} again" == r.get("body"), 15)
+        assert (record["verified"], record["secure"]) == (True, "tls")
+        assert not [line for line in alice.err.lines if "Traceback" in line]
+    finally:
+        sniffer.stop()
+        stop_gently(bob)
+        stop_gently(alice.proc)
