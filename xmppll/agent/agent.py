@@ -65,7 +65,7 @@ def caps_tuple() -> tuple[str, str, str]:
 
 def peer_info(peer: Peer | None) -> PeerInfo | None:
     return None if peer is None else PeerInfo(peer.name, peer.addresses, peer.port, peer.caps,
-                                              peer.domain, peer.fields.get("tls"))
+                                              domain=peer.domain, pin=peer.fields.get("tls"))
 
 
 class Agent:

@@ -164,7 +164,7 @@ class OneShot:
                 log.info("resolved %s in %s: %s port %s", name, found.domain,
                          ", ".join(found.addresses), found.port)
                 return PeerInfo(found.name, found.addresses, found.port, found.caps,
-                                found.domain)
+                                domain=found.domain, pin=found.fields.get("tls"))
         if self.view.find(name) is None:
             self.view.query_ptr(known_answers=False)
         peer = await wait_for_peer(self.view, name, max(wait, RESOLVE_TIMEOUT))
@@ -172,7 +172,7 @@ class OneShot:
             return None
         log.info("resolved %s: %s port %s", name, ", ".join(peer["addresses"]), peer["port"])
         return PeerInfo(peer["name"], peer["addresses"], peer["port"], peer.get("caps"),
-                        peer.get("tls"))
+                        pin=peer.get("tls"))
 
     def stale(self, name: str) -> None:
         if self.view is not None:
