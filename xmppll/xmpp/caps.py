@@ -16,6 +16,7 @@ CAPS_HASH = "sha-1"
 IDENTITY: tuple[str, str, str] = ("client", "pc", "xmppll")  # category, type, name
 FEATURES: tuple[str, ...] = (
     "http://jabber.org/protocol/caps",
+    "http://jabber.org/protocol/chatstates",
     "http://jabber.org/protocol/disco#info",
     "urn:xmpp:receipts",
 )
