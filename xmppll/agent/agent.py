@@ -8,6 +8,8 @@ socket that lets one-shot commands use all of it for the cost of a round trip.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import fcntl
 import json
 import logging
@@ -24,12 +26,20 @@ from xmppll.agent import retention
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.inbox import Inbox, catch_up
 from xmppll.agent.policy import Policy
+from xmppll.agent.sentlog import SentLog
 from xmppll.agent.store import InboxStore, message_key
 from xmppll.discovery.directory import Directories, Peer
 from xmppll.discovery.mdns.directory import MdnsDirectory
 from xmppll.discovery.presence import Presence, check_status, encode_txt
-from xmppll.errors import DataError, UnavailableError, XmpplError
+from xmppll.errors import (
+    DataError,
+    NoPeerError,
+    TimeoutFailure,
+    UnavailableError,
+    XmpplError,
+)
 from xmppll.xmpp import caps
+from xmppll.xmpp.chatstates import ChatStates
 from xmppll.xmpp.delivery import Delivery, Hooks, PeerInfo
 from xmppll.xmpp.disco import Disco
 from xmppll.xmpp.dispatch import Dispatcher
@@ -55,6 +65,7 @@ class AgentConfig:
     reload: Callable[[], dict[str, Any]] | None = None  # SIGHUP: presence from config
     wide: Any = None  # WideAreaSettings: also publish and browse these DNS-SD domains
     retention_policy: Policy = field(default_factory=Policy)
+    avatar: bytes | None = None  # our picture (checked PNG/JPEG); its SHA-1 goes in phsh
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -79,6 +90,7 @@ class Agent:
         self.state = identity.state_dir(config.name)
         self.stop_event = asyncio.Event()
         self.subscribers: dict[asyncio.Queue, asyncio.StreamWriter] = {}
+        self.live: set[asyncio.Queue] = set()  # chat states and sent messages: not stored
         self.mdns = MdnsDirectory(interfaces=config.interfaces, state=self.state,
                                   on_peer=self._on_peer, on_event=self._on_publish,
                                   exclude={config.name})
@@ -116,6 +128,8 @@ class Agent:
         self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
         await self.directory.start()
+        if self.config.avatar is not None:
+            self._picture(self.config.avatar)
         try:
             # Before anything is published: a SIGTERM that arrives after the records
             # are out (a script stopping us right after `announced`) must still run
@@ -150,6 +164,21 @@ class Agent:
                        verify=self.config.verify)
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
             resolve=self._resolve, stale=self.directory.stale, sources=self._sources))
+        self.delivery.chatstates = ChatStates(dispatcher, self._to_live)
+        self.sent = SentLog(self.state)
+
+    def _to_live(self, record: dict[str, Any]) -> None:
+        for queue in list(self.live):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
+    def _picture(self, data: bytes | None) -> None:
+        """Our picture: its NULL record out first, then `phsh` (the caller's TXT
+        update, or the first announcement)."""
+        from xmppll.discovery.mdns.avatar import sha1_hex
+
+        self.mdns.set_picture(data)
+        self.presence.avatar = sha1_hex(data) if data is not None else None
 
     async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
         return peer_info(await self.directory.resolve(name, wait))
@@ -277,10 +306,28 @@ class Agent:
 
     async def op_status(self, req: dict, writer: asyncio.StreamWriter) -> None:
         changes = {k: req[k] for k in ("status", "msg") if req.get(k) is not None}
-        if changes:
+        if req.get("avatar") is not None or req.get("no_avatar"):
+            await self._set_picture(req)
+        elif changes:
             await self._set_presence(changes)
+        if changes or req.get("avatar") is not None or req.get("no_avatar"):
             self.emit({"event": "status", "name": self.name, **self._presence_json()})
         await self.op_info(req, writer)
+
+    async def _set_picture(self, req: dict) -> None:
+        """`status --avatar FILE` / `--no-avatar` (with any status change): the NULL
+        record first, then one TXT update with the new `phsh`."""
+        from xmppll.discovery.mdns import avatar
+
+        new = None if req.get("no_avatar") else avatar.check_image(avatar.decode(req["avatar"]))
+        old = self.mdns.picture
+        self._picture(new)
+        try:
+            await self._set_presence({k: req[k] for k in ("status", "msg")
+                                      if req.get(k) is not None})
+        except XmpplError:
+            self._picture(old)
+            raise
 
     async def _set_presence(self, changes: dict[str, Any]) -> None:
         """Apply presence changes and re-announce the TXT in place; an unpublishable
@@ -328,6 +375,8 @@ class Agent:
         try:
             after = req.get("after")
             last = self.inbox.seq if after is None else int(after)
+            if req.get("chatstates"):
+                self.live.add(queue)
             await reply(writer, {"ok": True, "seq": self.inbox.seq})
             async for record in catch_up(self.state, last):  # off the loop: no stall
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
@@ -335,13 +384,14 @@ class Agent:
                 await writer.drain()
             while True:
                 record = await queue.get()
-                if record["seq"] <= last:
+                if record.get("direction") == "out" or record.get("seq", last + 1) <= last:
                     continue
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-                last = record["seq"]
+                last = record.get("seq", last)
                 await writer.drain()
         finally:
             self.inbox.subscribers.discard(queue)
+            self.live.discard(queue)
 
     async def op_store(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """A stanza that a one-shot `send` of ours received on its own connection (a
@@ -374,8 +424,48 @@ class Agent:
         sent = await self.delivery.send(message, timeout=timeout,
                                         wait=float(req.get("wait") or 0),
                                         receipt=bool(req.get("receipt")))
+        if message.get("body") is not None:
+            self._to_live(self.sent.append(message, id_=sent.id, to=sent.to))
         await reply(writer, {"ok": True, "id": sent.id, "to": sent.to,
                               "streams_opened": self.hub.dialled})
+
+    async def op_avatar(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """A peer's picture (the one its current `phsh` names), asked for if needed."""
+        peer = await self.directory.resolve(str(req.get("name")), 1.5)
+        if peer is None:
+            raise NoPeerError(f"no peer named {req.get('name')} on the link")
+        sha = peer.fields.get("avatar")
+        data = await self.mdns.picture_of(peer.name, sha, float(req.get("wait") or 5)) \
+            if sha else None
+        if sha and data is None:
+            raise TimeoutFailure(f"{peer.name} did not send its picture {sha}")
+        await reply(writer, {"ok": True, "name": peer.name, "avatar": sha,
+                              "data": base64.b64encode(data).decode() if data else None})
+
+    async def op_conversation(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Streams what concerns one peer: its messages as stored, its chat states,
+        what we sent it (from any client), and its presence changes."""
+        from xmppll.agent.conversation import concerns
+
+        assert self.inbox is not None
+        name = str(req.get("peer"))
+        queue: asyncio.Queue = asyncio.Queue(maxsize=FOLLOW_BACKLOG)
+        self.inbox.subscribers.add(queue)
+        self.live.add(queue)
+        self.subscribers[queue] = writer
+        try:
+            peer = self.directory.find(name)
+            await reply(writer, {"ok": True, "seq": self.inbox.seq,
+                                  "peer": peer.to_json() if peer else None})
+            while True:
+                record = await queue.get()
+                if concerns(record, name):
+                    writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+                    await asyncio.wait_for(writer.drain(), 30)
+        finally:
+            self.inbox.subscribers.discard(queue)
+            self.live.discard(queue)
+            self.subscribers.pop(queue, None)
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})

@@ -22,6 +22,7 @@ only reads and checks the file and says where each setting came from.
     dns_host = "host.lan.example"  # an existing name for our SRV (default: our own)
     keep_days = 30              # inbox: read messages older than this may go
     keep_size = "256M"          # inbox: read history kept in all
+    avatar = "~/.face.png"      # picture to publish (PNG or JPEG)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SETTINGS: dict[str, type] = {
     "name": str, "nick": str, "first": str, "last": str, "email": str, "jid": str,
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str,
     "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
-    "keep_days": int, "keep_size": str,
+    "keep_days": int, "keep_size": str, "avatar": str,
 }
 CHOICES = {"status": ("avail", "away", "dnd"), "verify": ("strict", "mark", "off")}
 # The commands each setting is a default for (its option has the same name there).
@@ -54,6 +55,7 @@ COMMANDS = {
     "tsig_key": ("announce", "withdraw"),
     "dns_ttl": ("announce",), "dns_host": ("announce",),
     "keep_days": ("announce", "listen", "inbox"), "keep_size": ("announce", "listen", "inbox"),
+    "avatar": ("announce",),
 }
 
 

@@ -196,6 +196,8 @@ def stanza_line(record: dict[str, Any], *, color: bool = False) -> str:
     sender = record.get("from") or (record.get("peer") or {}).get("name") or "?"
     if record.get("kind") == "message" and record.get("body") is not None:
         text = record["body"]
+    elif record.get("kind") == "chatstate":
+        text = paint(f"({record.get('state')})", "2", color)
     else:
         text = f"<{record.get('kind')}> {record.get('xml', '')}"
     return f"[{when}] {paint(safe(sender), '1', color)}{mark}: {safe(text)}"
