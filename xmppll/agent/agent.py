@@ -431,9 +431,9 @@ class Agent:
 
     async def op_avatar(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """A peer's picture (the one its current `phsh` names), asked for if needed."""
-        peer = await self.directory.resolve(str(req.get("name")), 1.5)
+        peer = await self.directory.resolve(str(req.get("peer")), 1.5)
         if peer is None:
-            raise NoPeerError(f"no peer named {req.get('name')} on the link")
+            raise NoPeerError(f"no peer named {req.get('peer')} on the link")
         sha = peer.fields.get("avatar")
         data = await self.mdns.picture_of(peer.name, sha, float(req.get("wait") or 5)) \
             if sha else None

@@ -140,7 +140,7 @@ def avatar(agent: str | None, name: str, interfaces: list[str] | None,
     if agent:
         import base64
 
-        reply = control.request(agent, "avatar", name=name, wait=timeout,
+        reply = control.request(agent, "avatar", peer=name, wait=timeout,
                                 timeout=timeout + 5)
         data = base64.b64decode(reply["data"]) if reply.get("data") else None
         return reply["name"], reply.get("avatar"), data

@@ -101,16 +101,17 @@ class ChatStates:
         self.dispatcher = dispatcher
         self.on_state = on_state
         self.asked: dict[str, str] = {}  # peer (lower) -> id of its last message asking
-        self._last: tuple[int, bool] | None = None
+        self._last: tuple[ET.Element, bool] | None = None
         dispatcher.on_message(CHATSTATES_NS, self._message)
         dispatcher.on_message(EVENT_NS, self._message)
 
     def _message(self, conn: Connection, element: ET.Element) -> bool:
         # Called once per child namespace: a message with both forms is one notice.
-        if self._last is not None and self._last[0] == id(element):
+        # (The element itself is kept, not its id(), which a later one may reuse.)
+        if self._last is not None and self._last[0] is element:
             return self._last[1]
         consumed = self._handle(conn, element)
-        self._last = (id(element), consumed)
+        self._last = (element, consumed)
         return consumed
 
     def _handle(self, conn: Connection, element: ET.Element) -> bool:
