@@ -530,7 +530,8 @@ OPS: list[tuple[str, str, str]] = [
     ("send", "`message`: an object of the stanza shape (`to` and `body` required; "
              "`type`, `subject`, `thread`, `id` optional; `chatstate`: a chat state, "
              "sent alone when there is no `body`, to peers that read them only); "
-             "`send_timeout` (seconds, default 10); `wait` (seconds to wait for the peer to appear); `receipt` "
+             "`send_timeout` (seconds, default 10); `wait` (seconds to wait for the "
+             "peer to appear); `receipt` "
              "(boolean); `everyone` (boolean: to every cached peer, in parallel, "
              "`to` ignored)",
      "once the peer took the message: `id`, `to` and `streams_opened` (the "
