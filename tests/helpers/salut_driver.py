@@ -45,6 +45,7 @@ CONN = TP + ".Connection"
 REQUESTS = CONN + ".Interface.Requests"
 PRESENCE = CONN + ".Interface.SimplePresence"
 CONTACT_LIST = CONN + ".Interface.ContactList"
+AVATARS = CONN + ".Interface.Avatars"
 CHANNEL = TP + ".Channel"
 TEXT = CHANNEL + ".Type.Text"
 MESSAGES = CHANNEL + ".Interface.Messages"
@@ -176,6 +177,10 @@ class Driver:
                               path_keyword="path")
         b.add_signal_receiver(self.on_sent, "MessageSent", MESSAGES, path_keyword="path")
         b.add_signal_receiver(self.on_closed, "Closed", CHANNEL, path_keyword="path")
+        b.add_signal_receiver(self.on_avatar_updated, "AvatarUpdated", AVATARS,
+                              path=self.conn_path)
+        b.add_signal_receiver(self.on_avatar_retrieved, "AvatarRetrieved", AVATARS,
+                              path=self.conn_path)
 
     def on_status(self, status, reason):
         self.status = int(status)
@@ -389,6 +394,52 @@ class Driver:
             return False
         self.proxy(path).Close(dbus_interface=CHANNEL, timeout=CALL_TIMEOUT)
         return True
+
+    # -- avatars (Connection.Interface.Avatars)
+    def _contact_handle(self, contact):
+        (handle,) = self.conn.RequestHandles(dbus.UInt32(HANDLE_CONTACT), [contact],
+                                             dbus_interface=CONN, timeout=CALL_TIMEOUT)
+        return int(handle)
+
+    def on_avatar_updated(self, handle, token):
+        try:
+            cid = self.contact_ids([int(handle)]).get(int(handle), str(int(handle)))
+        except dbus.DBusException:
+            cid = str(int(handle))
+        self.emit("avatar-updated", id=cid, token=str(token))
+
+    def on_avatar_retrieved(self, handle, token, data, mime):
+        try:
+            cid = self.contact_ids([int(handle)]).get(int(handle), str(int(handle)))
+        except dbus.DBusException:
+            cid = str(int(handle))
+        self.emit("avatar", id=cid, token=str(token), mime=str(mime),
+                  data=base64.b64encode(bytes(data)).decode("ascii"))
+
+    def cmd_set_avatar(self, data, mime="image/png"):
+        """Publish our avatar (base64 `data`); returns salut's token for it."""
+        self._need_conn()
+        token = self.conn.SetAvatar(dbus.ByteArray(base64.b64decode(data)), mime,
+                                    dbus_interface=AVATARS, timeout=CALL_TIMEOUT)
+        return str(token)
+
+    def cmd_clear_avatar(self):
+        self._need_conn()
+        self.conn.ClearAvatar(dbus_interface=AVATARS, timeout=CALL_TIMEOUT)
+
+    def cmd_avatar_token(self, contact):
+        """The token (salut: the SHA-1) of the avatar salut knows for `contact`."""
+        self._need_conn()
+        handle = self._contact_handle(contact)
+        tokens = self.conn.GetKnownAvatarTokens(dbus.Array([handle], signature="u"),
+                                                dbus_interface=AVATARS, timeout=CALL_TIMEOUT)
+        return str(tokens.get(handle, ""))
+
+    def cmd_request_avatar(self, contact):
+        """Ask salut for the contact's avatar; it comes as an "avatar" event."""
+        self._need_conn()
+        self.conn.RequestAvatars(dbus.Array([self._contact_handle(contact)], signature="u"),
+                                 dbus_interface=AVATARS, timeout=CALL_TIMEOUT)
 
     def cmd_quit(self):
         GLib.idle_add(self.shutdown)

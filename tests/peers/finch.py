@@ -51,7 +51,7 @@ _ACCOUNTS = """<?xml version='1.0' encoding='UTF-8' ?>
     <settings>
       <setting name='first' type='string'>{first}</setting>
       <setting name='last' type='string'>{last}</setting>
-      <setting name='port' type='int'>5298</setting>
+      <setting name='port' type='int'>5298</setting>{icon}
     </settings>
     <settings ui='gnt-purple'>
       <setting name='auto-login' type='bool'>1</setting>
@@ -98,7 +98,8 @@ class Finch:
     """
 
     def __init__(self, host: Host, avahi: AvahiDaemon, account: str = "romeo",
-                 first: str = "Romeo", last: str = "Montague", *, start: bool = True) -> None:
+                 first: str = "Romeo", last: str = "Montague", *, start: bool = True,
+                 icon: bytes | None = None) -> None:
         self.host = host
         self.avahi = avahi
         self.account = account
@@ -114,6 +115,10 @@ class Finch:
         self.signals: Lines | None = None
         self.account_id = 0
         self.startup_seconds: float | None = None
+        # Its own picture: libpurple reads the account's `buddy_icon` setting (a file
+        # in ~/.purple/icons) at login and publishes it (NULL record + phsh). Over
+        # D-Bus it cannot be set: PurpleBuddyIconsSetAccountIcon takes a C pointer.
+        self.icon = icon
         if start:
             self.start()
 
@@ -123,8 +128,15 @@ class Finch:
         purple = self.home / ".purple"
         purple.mkdir(parents=True, exist_ok=True)
         esc = html.escape
+        icon = ""
+        if self.icon is not None:
+            (purple / "icons").mkdir(exist_ok=True)
+            (purple / "icons" / "account-icon.png").write_bytes(self.icon)
+            icon = ("\n      <setting name='buddy_icon' type='string'>account-icon.png"
+                    "</setting>")
         (purple / "accounts.xml").write_text(_ACCOUNTS.format(
-            account=esc(self.account), first=esc(self.first), last=esc(self.last)))
+            account=esc(self.account), first=esc(self.first), last=esc(self.last),
+            icon=icon))
         (purple / "prefs.xml").write_text(_PREFS)
         self.bus = Bus(self.host, "session", self.dir)
         # The monitor must run before finch: a signal sent before it connects is lost.
@@ -336,6 +348,18 @@ class Finch:
         except StaleHandle:
             return ""
 
+    def buddy_icon(self, name: str) -> bytes | None:
+        """The picture libpurple holds for the buddy (PurpleBuddyIconGetData), or None."""
+        try:
+            buddy = self._buddy(name)
+            icon = self.call_int("PurpleBuddyGetIcon", f"int32:{buddy}") if buddy else 0
+            if not icon:
+                return None
+            out = self.call("PurpleBuddyIconGetData", f"int32:{icon}")
+        except StaleHandle:
+            return None
+        return _bytes_from_dbus_send(out)
+
     # -- messages
     def send_im(self, name: str, text: str) -> None:
         """Send `text` as plain text: PurpleConvImSend takes HTML, so escape it once."""
@@ -425,3 +449,14 @@ class Finch:
             _wait(lambda: not self.connected(), 10, "libpurple to go offline")
         elif was_offline:
             self.wait_registered(before, FINCH_READY)
+
+
+def _bytes_from_dbus_send(lines: list[str]) -> bytes:
+    """dbus-send prints an `ay` as `array of bytes [ 89 50 4e ... ]` (hex, over several
+    lines), or as a quoted string when every byte is printable."""
+    text = " ".join(lines)
+    if "[" in text:
+        inner = text[text.index("[") + 1:text.rindex("]")]
+        return bytes(int(tok, 16) for tok in inner.split())
+    start = text.index('"') + 1
+    return text[start:text.rindex('"')].encode("latin-1")

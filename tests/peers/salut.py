@@ -228,6 +228,36 @@ class Salut:
         """A received message ({"from", "text", "html", "parts", ...})."""
         return self.wait_event("message", predicate, timeout)
 
+    # -- avatars
+    def set_avatar(self, data: bytes, mime: str = "image/png") -> str:
+        """Publish `data` as salut's avatar (a NULL record and phsh, through avahi)."""
+        import base64
+
+        return self.call("set_avatar", data=base64.b64encode(data).decode(), mime=mime)
+
+    def clear_avatar(self) -> None:
+        self.call("clear_avatar")
+
+    def avatar_token(self, contact: str) -> str:
+        return self.call("avatar_token", contact=contact)
+
+    def avatar_of(self, contact: str, token: str, timeout: float = 15.0) -> bytes:
+        """The contact's avatar whose token (salut: its SHA-1) is `token`, asked for
+        (RequestAvatars) until an AvatarRetrieved with that token comes."""
+        import base64
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.call("request_avatar", contact=contact)
+            try:
+                event = self.wait_event("avatar", lambda e: e["id"] == contact
+                                        and e["token"] == token,
+                                        max(0.1, min(3.0, deadline - time.monotonic())))
+                return base64.b64decode(event["data"])
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
     # -- the debug log
     def debug_text(self) -> str:
         try:

@@ -8,6 +8,8 @@ socket that lets one-shot commands use all of it for the cost of a round trip.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import fcntl
 import json
 import logging
@@ -25,12 +27,21 @@ from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.downloads import DownloadConfig, Downloads
 from xmppll.agent.inbox import Inbox, catch_up
 from xmppll.agent.policy import Policy
+from xmppll.agent.sentlog import SentLog
 from xmppll.agent.store import InboxStore, message_key
+from xmppll.defaults import MESSAGE_TIMEOUT
 from xmppll.discovery.directory import Directories, Peer
 from xmppll.discovery.mdns.directory import MdnsDirectory
 from xmppll.discovery.presence import Presence, check_status, encode_txt
-from xmppll.errors import DataError, UnavailableError, XmpplError
+from xmppll.errors import (
+    DataError,
+    NoPeerError,
+    TimeoutFailure,
+    UnavailableError,
+    XmpplError,
+)
 from xmppll.xmpp import caps, tls
+from xmppll.xmpp.chatstates import ChatStates
 from xmppll.xmpp.delivery import Delivery, Hooks, PeerInfo
 from xmppll.xmpp.disco import Disco
 from xmppll.xmpp.dispatch import Dispatcher
@@ -39,7 +50,6 @@ from xmppll.xmpp.receipts import Receipts
 
 log = logging.getLogger("xmppll")
 FOLLOW_BACKLOG = 10000  # events queued for a follower that is not reading, then dropped
-DEFAULT_SEND_TIMEOUT = 10.0
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -57,6 +67,7 @@ class AgentConfig:
     retention_policy: Policy = field(default_factory=Policy)
     downloads: DownloadConfig = field(default_factory=DownloadConfig)  # files offered to us
     tls: str = "prefer"  # prefer | require | off (xmppll.xmpp.tls)
+    avatar: bytes | None = None  # our picture (checked PNG/JPEG); its SHA-1 goes in phsh
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -81,6 +92,7 @@ class Agent:
         self.state = identity.state_dir(config.name)
         self.stop_event = asyncio.Event()
         self.subscribers: dict[asyncio.Queue, asyncio.StreamWriter] = {}
+        self.live: set[asyncio.Queue] = set()  # chat states and sent messages: not stored
         self.mdns = MdnsDirectory(interfaces=config.interfaces, state=self.state,
                                   on_peer=self._on_peer, on_event=self._on_publish,
                                   exclude={config.name})
@@ -121,6 +133,8 @@ class Agent:
         self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
         await self.directory.start()
+        if self.config.avatar is not None:
+            self._picture(self.config.avatar)
         try:
             # Before anything is published: a SIGTERM that arrives after the records
             # are out (a script stopping us right after `announced`) must still run
@@ -156,6 +170,21 @@ class Agent:
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
             resolve=self._resolve, stale=self.directory.stale, sources=self._sources))
         self.downloads = Downloads(self.config.downloads, dispatcher, self.hub, store)
+        self.delivery.chatstates = ChatStates(dispatcher, self._to_live)
+        self.sent = SentLog(self.state)
+
+    def _to_live(self, record: dict[str, Any]) -> None:
+        for queue in list(self.live):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
+    def _picture(self, data: bytes | None) -> None:
+        """Our picture: its NULL record out first, then `phsh` (the caller's TXT
+        update, or the first announcement)."""
+        from xmppll.discovery.mdns.avatar import sha1_hex
+
+        self.mdns.set_picture(data)
+        self.presence.avatar = sha1_hex(data) if data is not None else None
 
     async def _resolve(self, name: str, wait: float) -> PeerInfo | None:
         return peer_info(await self.directory.resolve(name, wait))
@@ -288,10 +317,28 @@ class Agent:
 
     async def op_status(self, req: dict, writer: asyncio.StreamWriter) -> None:
         changes = {k: req[k] for k in ("status", "msg") if req.get(k) is not None}
-        if changes:
+        if req.get("avatar") is not None or req.get("no_avatar"):
+            await self._set_picture(req)
+        elif changes:
             await self._set_presence(changes)
+        if changes or req.get("avatar") is not None or req.get("no_avatar"):
             self.emit({"event": "status", "name": self.name, **self._presence_json()})
         await self.op_info(req, writer)
+
+    async def _set_picture(self, req: dict) -> None:
+        """`status --avatar FILE` / `--no-avatar` (with any status change): the NULL
+        record first, then one TXT update with the new `phsh`."""
+        from xmppll.discovery.mdns import avatar
+
+        new = None if req.get("no_avatar") else avatar.check_image(avatar.decode(req["avatar"]))
+        old = self.mdns.picture
+        self._picture(new)
+        try:
+            await self._set_presence({k: req[k] for k in ("status", "msg")
+                                      if req.get(k) is not None})
+        except XmpplError:
+            self._picture(old)
+            raise
 
     async def _set_presence(self, changes: dict[str, Any]) -> None:
         """Apply presence changes and re-announce the TXT in place; an unpublishable
@@ -339,6 +386,8 @@ class Agent:
         try:
             after = req.get("after")
             last = self.inbox.seq if after is None else int(after)
+            if req.get("chatstates"):
+                self.live.add(queue)
             await reply(writer, {"ok": True, "seq": self.inbox.seq})
             async for record in catch_up(self.state, last):  # off the loop: no stall
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
@@ -346,13 +395,14 @@ class Agent:
                 await writer.drain()
             while True:
                 record = await queue.get()
-                if record["seq"] <= last:
+                if record.get("direction") == "out" or record.get("seq", last + 1) <= last:
                     continue
                 writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-                last = record["seq"]
+                last = record.get("seq", last)
                 await writer.drain()
         finally:
             self.inbox.subscribers.discard(queue)
+            self.live.discard(queue)
 
     async def op_store(self, req: dict, writer: asyncio.StreamWriter) -> None:
         """A stanza that a one-shot `send` of ours received on its own connection (a
@@ -370,7 +420,7 @@ class Agent:
         message = req.get("message")
         if not isinstance(message, dict):
             raise DataError("send: \"message\" must be an object")
-        timeout = float(req.get("send_timeout") or DEFAULT_SEND_TIMEOUT)
+        timeout = float(req.get("send_timeout") or MESSAGE_TIMEOUT)
         assert self.delivery is not None and self.hub is not None
         if req.get("everyone"):
             names = [p.name for p in self.directory.peers()]
@@ -385,6 +435,8 @@ class Agent:
         sent = await self.delivery.send(message, timeout=timeout,
                                         wait=float(req.get("wait") or 0),
                                         receipt=bool(req.get("receipt")))
+        if message.get("body") is not None:
+            self._to_live(self.sent.append(message, id_=sent.id, to=sent.to))
         await reply(writer, {"ok": True, "id": sent.id, "to": sent.to,
                               "streams_opened": self.hub.dialled})
 
@@ -407,6 +459,44 @@ class Agent:
         assert self.downloads is not None
         record = await self.downloads.decline(str(req.get("id")), req.get("reason"))
         await reply(writer, {"ok": True, "record": record})
+
+    async def op_avatar(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """A peer's picture (the one its current `phsh` names), asked for if needed."""
+        peer = await self.directory.resolve(str(req.get("peer")), 1.5)
+        if peer is None:
+            raise NoPeerError(f"no peer named {req.get('peer')} on the link")
+        sha = peer.fields.get("avatar")
+        data = await self.mdns.picture_of(peer.name, sha, float(req.get("wait") or 5)) \
+            if sha else None
+        if sha and data is None:
+            raise TimeoutFailure(f"{peer.name} did not send its picture {sha}")
+        await reply(writer, {"ok": True, "name": peer.name, "avatar": sha,
+                              "data": base64.b64encode(data).decode() if data else None})
+
+    async def op_conversation(self, req: dict, writer: asyncio.StreamWriter) -> None:
+        """Streams what concerns one peer: its messages as stored, its chat states,
+        what we sent it (from any client), and its presence changes."""
+        from xmppll.agent.conversation import concerns
+
+        assert self.inbox is not None
+        name = str(req.get("peer"))
+        queue: asyncio.Queue = asyncio.Queue(maxsize=FOLLOW_BACKLOG)
+        self.inbox.subscribers.add(queue)
+        self.live.add(queue)
+        self.subscribers[queue] = writer
+        try:
+            peer = self.directory.find(name)
+            await reply(writer, {"ok": True, "seq": self.inbox.seq,
+                                  "peer": peer.to_json() if peer else None})
+            while True:
+                record = await queue.get()
+                if concerns(record, name):
+                    writer.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+                    await asyncio.wait_for(writer.drain(), 30)
+        finally:
+            self.inbox.subscribers.discard(queue)
+            self.live.discard(queue)
+            self.subscribers.pop(queue, None)
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})

@@ -112,17 +112,48 @@ def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None)
     return {"event": "withdrawn", "name": name, "stale": True, "domains": domains}
 
 
-def status(name: str | None, status: str | None, msg: str | None) -> list[Json]:
+def status(name: str | None, status: str | None, msg: str | None, *,
+           avatar: bytes | None = None, no_avatar: bool = False) -> list[Json]:
     """Our presence (every agent's, when several run and none is named), or the
-    changed one."""
-    if name is None and status is None and msg is None:
+    changed one (`avatar`: a new picture, `no_avatar`: none)."""
+    changing = status is not None or msg is not None or avatar is not None or no_avatar
+    if name is None and not changing:
         agents = control.running_agents()
         if len(agents) > 1:
             return [control.request(agent, "info") for agent in agents]
     agent = control.find_agent(name)
-    if status is None and msg is None:
+    if not changing:
         return [control.request(agent, "info")]
-    return [control.request(agent, "status", status=status, msg=msg)]
+    pictures: Json = {}
+    if avatar is not None or no_avatar:
+        import base64
+
+        pictures = {"avatar": base64.b64encode(avatar).decode() if avatar else None,
+                    "no_avatar": no_avatar}
+    return [control.request(agent, "status", status=status, msg=msg, **pictures)]
+
+
+def avatar(agent: str | None, name: str, interfaces: list[str] | None,
+           timeout: float) -> tuple[str, str | None, bytes | None]:
+    """(the peer's name, its phsh, its picture) through the agent, else asked on the
+    link; (name, None, None) when it publishes none."""
+    if agent:
+        import base64
+
+        reply = control.request(agent, "avatar", peer=name, wait=timeout,
+                                timeout=timeout + 5)
+        data = base64.b64decode(reply["data"]) if reply.get("data") else None
+        return reply["name"], reply.get("avatar"), data
+    import asyncio
+
+    from xmppll.discovery.mdns.avatar import fetch_once
+
+    found, sha, data = asyncio.run(fetch_once(name, interfaces, timeout))
+    if sha is not None and data is None:
+        from xmppll.errors import TimeoutFailure
+
+        raise TimeoutFailure(f"{found} did not send its picture {sha}")
+    return found, sha, data
 
 
 def sending_agent(from_: str | None) -> str | None:

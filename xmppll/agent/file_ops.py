@@ -17,12 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from xmppll.agent.control_server import reply
+from xmppll.defaults import FILE_TIMEOUT
 from xmppll.errors import DataError, NoPeerError
 from xmppll.xmpp.delivery import Delivery
 from xmppll.xmpp.files.send import METHODS, FileSender, send_files
 from xmppll.xmpp.files.transfer import Source, open_source
-
-DEFAULT_FILE_TIMEOUT = 120.0
 
 
 async def send_file(delivery: Delivery, sources: Callable[[], list[str] | None],
@@ -54,7 +53,7 @@ async def send_file(delivery: Delivery, sources: Callable[[], list[str] | None],
 
         results = await send_files(
             FileSender(delivery, sources), names, opened,
-            timeout=float(req.get("send_timeout") or DEFAULT_FILE_TIMEOUT),
+            timeout=float(req.get("send_timeout") or FILE_TIMEOUT),
             wait=float(req.get("wait") or 0), method=method, report=report)
         writer.write((json.dumps({"done": True, "sent": results}) + "\n").encode())
         await writer.drain()

@@ -116,6 +116,8 @@ def consume(records: Iterable[dict[str, Any]], *, cursor: Cursor,
         if output is not None:
             output.write(line)
         show(record)
+        if "seq" not in record:  # a chat state: shown, never stored, no cursor to move
+            continue
         if runner is not None:
             runner.submit(line, record["seq"])
         passed = record["seq"]

@@ -18,7 +18,13 @@ import click
 from xmppll import __version__
 from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
-from xmppll.defaults import DEFAULT_PORT, STATUSES, VERIFY_POLICIES
+from xmppll.defaults import (
+    DEFAULT_PORT,
+    FILE_TIMEOUT,
+    MESSAGE_TIMEOUT,
+    STATUSES,
+    VERIFY_POLICIES,
+)
 from xmppll.errors import UsageError, XmpplError
 
 STATUS_CHOICE = click.Choice(STATUSES, case_sensitive=False)
@@ -206,6 +212,8 @@ def _env(key: str) -> dict[str, Any]:
               "(1st, last, nick, email, jid).")
 @click.option("--no-rename", is_flag=True, help="Fail instead of renaming when the name "
               "is taken.")
+@click.option("--avatar", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Publish this PNG or JPEG picture (at most 65398 bytes).", **_env("avatar"))
 @keep_options
 @download_options
 @tls_option
@@ -219,8 +227,8 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
              nick: str | None, first: str | None, last: str | None, email: str | None,
              jid: str | None, txt: tuple[str, ...], no_personal: bool, no_rename: bool,
              accept_files: str, download_dir: str | None, max_file_size: int | None,
-             tls: str, interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
-             quiet: bool, **dns: Any) -> None:
+             tls: str, avatar: str | None, interfaces: tuple[str, ...], as_json: bool | None,
+             verbose: bool, quiet: bool, **dns: Any) -> None:
     """Start the agent: publish NAME (default user@host) and stay until interrupted
     or withdrawn. Prints one event per line (announced, conflict, renamed, ...).
 
@@ -252,7 +260,7 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
         presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
         reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True), tls=tls,
-        retention_policy=keep.policy(),
+        retention_policy=keep.policy(), avatar=_read_avatar(avatar),
         downloads=_downloads(accept_files, download_dir, max_file_size),
     )
     emit_json = render.wants_json(as_json)
@@ -267,6 +275,14 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
             render.write_line(render.agent_event_line(event))
 
     run_agent(config, emit)
+
+
+def _read_avatar(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    from xmppll.discovery.mdns.avatar import read_image
+
+    return read_image(os.path.expanduser(path))
 
 
 PRESENCE_SETTINGS = ("status", "msg", "nick", "first", "last", "email", "jid")
@@ -367,24 +383,32 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
 @click.option("--msg", metavar="TEXT", help="New status message ('' clears it).")
 @click.option("--name", metavar="NAME", shell_complete=_complete_agents,
               help="Which agent, when several run.")
+@click.option("--avatar", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Publish this PNG or JPEG picture instead of the current one.")
+@click.option("--no-avatar", is_flag=True, help="Stop publishing a picture.")
 @interface_option
 @json_option
 @quiet_option
 @color_option
-def status(status: str | None, msg: str | None, name: str | None,
-           interfaces: tuple[str, ...], as_json: bool | None, quiet: bool) -> None:
+def status(status: str | None, msg: str | None, name: str | None, avatar: str | None,
+           no_avatar: bool, interfaces: tuple[str, ...], as_json: bool | None,
+           quiet: bool) -> None:
     """Show my presence, or change it (the running agent re-announces its TXT).
 
     \b
     Examples:
       xmppll status
       xmppll status away --msg "lunch"
-      xmppll status avail --msg ''"""
+      xmppll status avail --msg ''
+      xmppll status --avatar ~/me.png"""
     from xmppll.agent import client
 
     _check_interfaces(interfaces)
-    replies = client.status(name, status, msg)
-    if quiet and (status is not None or msg is not None):
+    if avatar is not None and no_avatar:
+        raise UsageError("--avatar and --no-avatar exclude each other")
+    picture = _read_avatar(avatar)
+    replies = client.status(name, status, msg, avatar=picture, no_avatar=no_avatar)
+    if quiet and (status is not None or msg is not None or avatar or no_avatar):
         return
     for reply in replies:
         _print_status(reply, as_json)
@@ -482,7 +506,8 @@ def _setup_logging(verbose: bool) -> None:
               "once, so a script can retry with the same --id without doubling it.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Seconds to deliver each message, or for a receiver to accept each "
-              "file [default: 10; with --file: 120, as a person may have to accept].")
+              f"file [default: {MESSAGE_TIMEOUT:g}; with --file: {FILE_TIMEOUT:g}, as a person "
+              "may have to accept].")
 @click.option("--wait", type=float, default=0.0, metavar="SECONDS",
               help="Seconds to wait for TO to appear on the link [default: 0].")
 @click.option("--json", "json_input", is_flag=True, help="Read JSON Lines of the stanza "
@@ -498,6 +523,10 @@ def _setup_logging(verbose: bool) -> None:
               help="How files move: SI with SOCKS5 bytestreams (libpurple), OOB over "
               "HTTP (telepathy-salut, iChat), or what the peer takes.")
 @tls_option
+@click.option("--chatstate", type=click.Choice(["active", "composing", "paused", "inactive",
+                                                "gone"]), metavar="STATE",
+              help="Send this chat state (XEP-0085): alone without TEXT, only to peers that "
+                   "advertise chat states; with TEXT, riding on the message where read.")
 @interface_option
 @dns_options()
 @verbose_option
@@ -506,7 +535,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
          subject: str | None, thread: str | None, receipt: bool, id_: str | None,
          timeout: float | None,
          wait: float, json_input: bool, lines: bool, everyone: bool, files: tuple[str, ...],
-         file_name: str | None, method: str, tls: str,
+         file_name: str | None, method: str, tls: str, chatstate: str | None,
          interfaces: tuple[str, ...], verbose: bool, quiet: bool, **dns: Any) -> None:
     """Send TEXT (or stdin) to the peer TO. Exits 0 only when the peer took it.
 
@@ -523,6 +552,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
       xmppll send --all "lunch is here"
       xmppll send --wait 60 juliet@capulet "you are up"
       xmppll send --id build-42 ops@buildbox "build 42 ok"   # safe to retry
+      xmppll send --chatstate composing juliet@capulet
       xmppll listen | jq -c '{to: .from, body: .body}' | xmppll send --json
       xmppll send juliet@capulet --file report.pdf "the report"
       make 2>&1 | xmppll send ops@buildbox --file - --name build.log"""
@@ -535,7 +565,7 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
         return
     if file_name is not None:
         raise UsageError("--name names stdin sent with --file -")
-    timeout = 10.0 if timeout is None else timeout
+    timeout = MESSAGE_TIMEOUT if timeout is None else timeout
     if timeout <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
     if everyone and to:
@@ -550,7 +580,14 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
                          "JSON line an \"id\" instead")
     me = identity.check_instance_name(from_ or identity.default_name())
     base = {"type": type_, "subject": subject, "thread": thread, "id": id_}
-    records = _json_records(to) if json_input else _text_records(to, text, lines, base)
+    if chatstate is not None:
+        if json_input or lines:
+            raise UsageError("--chatstate goes with TEXT or alone, not with --json or --lines")
+        base["chatstate"] = chatstate
+    if chatstate is not None and not text:
+        records: Any = iter([(0, {**base, "to": to})])
+    else:
+        records = _json_records(to) if json_input else _text_records(to, text, lines, base)
     ifaces = _check_interfaces(interfaces)
     agent = None if ifaces else client.sending_agent(from_)
     if verbose or not agent:  # logging costs ~5 ms of imports the agent's client can skip
@@ -565,7 +602,6 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
                     tls=tls)
 
 
-FILE_TIMEOUT = 120.0
 
 
 @contextlib.contextmanager
@@ -699,6 +735,8 @@ def _json_records(default_to: str | None) -> Any:
               "this command starts the agent.", **_env("port"))
 @click.option("--no-announce", is_flag=True, help="Serve the port but do not publish "
               "(when this command starts the agent).")
+@click.option("--chatstates", is_flag=True, help="Also print peers' chat states (typing "
+              "notices) as they come, as records of kind chatstate (never stored).")
 @keep_options
 @download_options
 @tls_option
@@ -709,7 +747,7 @@ def _json_records(default_to: str | None) -> Any:
 @color_option
 def listen(name: str | None, backlog: bool, command: str | None, output: str | None,
            verify: str, port: int | None, no_announce: bool, accept_files: str,
-           download_dir: str | None, max_file_size: int | None, tls: str,
+           download_dir: str | None, max_file_size: int | None, tls: str, chatstates: bool,
            interfaces: tuple[str, ...], as_json: bool | None, verbose: bool,
            quiet: bool) -> None:
     """Print each received stanza as one JSON line (a readable line on a terminal).
@@ -760,7 +798,8 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
         from xmppll.agent import control
 
         records = control.stream(agent, "inbox", **({"after": after} if after is not None
-                                                      else {}))
+                                                      else {}),
+                                 **({"chatstates": True} if chatstates else {}))
         listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
                           to_json=lambda r: json.dumps(r, ensure_ascii=False))
     except KeyboardInterrupt:
@@ -797,6 +836,104 @@ def _start_agent(name: str | None, verify: str, port: int | None, no_announce: b
 
     background = BackgroundAgent(config, emit)
     return background, background.start()
+
+
+@cli.command()
+@click.argument("name", shell_complete=_complete_peers)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True),
+              metavar="FILE", help="Write the picture to FILE ('-': standard output, "
+              "refused on a terminal).")
+@click.option("--timeout", type=float, default=5.0, show_default=True, metavar="SECONDS",
+              help="Longest wait for the picture.")
+@interface_option
+@json_option
+def avatar(name: str, output: str | None, timeout: float, interfaces: tuple[str, ...],
+           as_json: bool | None) -> None:
+    """Fetch the picture NAME publishes (XEP-0174: a DNS NULL record, its SHA-1 in
+    the TXT key phsh) and write it to --output.
+
+    Through the running agent when there is one (it holds the pictures it heard),
+    else a one-shot mDNS query. Without --output, prints the picture's SHA-1 and
+    type. Exits 68 when NAME is not on the link, 69 when it publishes no picture.
+
+    \b
+    Examples:
+      xmppll avatar juliet@capulet --output juliet.png
+      xmppll avatar juliet@capulet -o - | display -"""
+    from xmppll.agent import client
+    from xmppll.discovery.mdns.avatar import image_type, sha1_hex
+
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write a picture to a terminal: use --output FILE "
+                         "or a pipe")
+    ifaces = _check_interfaces(interfaces)
+    agent = None if ifaces else client.any_agent()
+    with render.progress(f"asking {name} for its picture...", enabled=output != "-"):
+        found, sha, data = client.avatar(agent, name, ifaces, timeout)
+    if data is None:
+        from xmppll.errors import UnavailableError
+
+        raise UnavailableError(f"{found} publishes no picture")
+    record = {"name": found, "avatar": sha1_hex(data), "type": image_type(data),
+              "bytes": len(data)}
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    if output is not None:
+        from pathlib import Path
+
+        Path(output).write_bytes(data)
+        record["output"] = output
+    if render.wants_json(as_json):
+        render.write_json(record)
+    else:
+        render.write_line(f"{render.safe(found)}  {record['avatar']}  {record['type']}  "
+                          f"{record['bytes']} bytes" + (f"  -> {output}" if output else ""))
+
+
+@cli.command()
+@click.argument("peer", metavar="NAME", shell_complete=_complete_peers)
+@click.option("--name", metavar="NAME", shell_complete=_complete_agents,
+              help="Chat as this agent [default: the running one, else user@host].")
+@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True,
+              metavar="N", help="How many earlier messages to show first.")
+@interface_option
+@color_option
+def chat(peer: str, name: str | None, last: int, interfaces: tuple[str, ...]) -> None:
+    """Talk with NAME in this terminal, as talk(1) does: the last messages exchanged
+    with NAME, then new ones as they come; what you type is sent line by line, with
+    line editing and history. The peer's status and typing show in the bottom bar,
+    and yours is sent to peers that read chat states (XEP-0085).
+
+    /file PATH sends a file, Ctrl-D leaves. Starts an agent for its duration when none
+    runs. For scripts, use send and listen: chat refuses to run without a terminal.
+
+    \b
+    Examples:
+      xmppll chat juliet@capulet
+      xmppll chat --name romeo@montague --last 50 juliet@capulet"""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("chat needs a terminal on stdin and stdout; in a script use "
+                         "`xmppll send` and `xmppll listen`")
+    from xmppll.agent import client
+    from xmppll.cli import chat as chat_ui
+
+    ifaces = _check_interfaces(interfaces)
+    agent = client.running(name)
+    background = None
+    if not agent:
+        import signal
+
+        background, agent = _start_agent(name, "mark", None, False, ifaces, quiet=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # withdraw on kill, as listen does
+    try:
+        chat_ui.run(agent, peer, last=last, color=render.use_color())
+    finally:
+        if background is not None:
+            background.stop()
 
 
 @cli.command("inbox")

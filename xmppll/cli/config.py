@@ -26,6 +26,7 @@ only reads and checks the file and says where each setting came from.
     download_dir = "~/Downloads/xmppll"
     max_file_size = 1073741824  # bytes
     tls = "prefer"              # prefer | require | off
+    avatar = "~/.face.png"      # picture to publish (PNG or JPEG)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ SETTINGS: dict[str, type] = {
     "msg": str, "status": str, "port": int, "interfaces": list, "verify": str, "tls": str,
     "domains": list, "dns_server": str, "tsig_key": str, "dns_ttl": int, "dns_host": str,
     "keep_days": int, "keep_size": str,
-    "accept_files": str, "download_dir": str, "max_file_size": int,
+    "accept_files": str, "download_dir": str, "max_file_size": int, "avatar": str,
 }
 CHOICES = {"status": STATUSES, "verify": VERIFY_POLICIES,
            "accept_files": ("never", "ask", "verified", "always"),
@@ -66,6 +67,7 @@ COMMANDS = {
     "download_dir": ("announce", "listen"),
     "max_file_size": ("announce", "listen"),
     "tls": ("announce", "listen", "send"),
+    "avatar": ("announce",),
 }
 
 

@@ -264,9 +264,32 @@ ARGUMENTS = {
     ("status", "status"): "The new presence: `avail`, `away` or `dnd`. Without it (and "
                           "without `--msg`) the current presence is shown.",
     ("withdraw", "name"): "The agent to stop (default: the only one running).",
+    ("avatar", "name"): "The peer whose picture to fetch, as published on the link.",
+    ("chat", "peer"): "The peer to talk with, as published on the link "
+                      "(`juliet@capulet`). It need not be online when the chat opens.",
 }
 
 EXTRA: dict[str, list[Block]] = {
+    "avatar": [
+        ("p", "A picture is published as a DNS NULL record at the instance name "
+              "(`NAME._presence._tcp.local`, TTL 120) and its SHA-1 in the TXT key `phsh`; "
+              "`browse` shows that hash as `avatar`. A peer is asked for its picture only "
+              "when its `phsh` names one not held yet, and no more once it came. The "
+              "picture returned is always the one whose SHA-1 is the current `phsh`: "
+              "avahi's goodbye for a changed picture carries the new data, which leaves "
+              "the old one in other caches."),
+    ],
+    "chat": [
+        ("p", "The scroll-back is the last `--last` messages with NAME, both sides: "
+              "received ones from the inbox, sent ones from the agent's sent log (every "
+              "message the agent delivered, whichever command sent it). Your lines are "
+              "shown once NAME took them; one that could not be delivered is reported. "
+              "Typing sends `composing`, then `paused` after 5 s of quiet, and `gone` on "
+              "leaving, to peers that advertise chat states (XEP-0085) only: libpurple "
+              "and telepathy-salut never get a notice. Commands: `/file PATH` (needs "
+              "file transfer in the agent), `/help`, `/quit`; a line starting with `//` "
+              "sends one starting with `/`."),
+    ],
     "announce": [
         ("p", "The agent publishes the PTR, SRV and TXT records of `_presence._tcp` "
               "(and the host's address records unless avahi-daemon already does), "
@@ -475,6 +498,8 @@ PEER_FIELDS: list[tuple[str, str]] = [
             "characters, TXT `x-xmppll-tls`): it speaks STARTTLS, and a stream to it must "
             "show that key. Null for peers that cannot encrypt (libpurple, "
             "telepathy-salut)."),
+    ("avatar", "SHA-1 (hex) of the peer's picture, TXT `phsh`, or null; `xmppll avatar` "
+               "fetches it."),
     ("txt", "Every TXT key as published (lower-cased, first occurrence wins), unknown "
             "ones included."),
 ]
@@ -482,7 +507,12 @@ PEER_FIELDS: list[tuple[str, str]] = [
 STANZA_FIELDS: list[tuple[str, str]] = [
     ("seq", "Position in the inbox (1, 2, ...); `listen --backlog` resumes after the last "
             "one printed."),
-    ("kind", "`message`, `iq` or `presence`."),
+    ("kind", "`message`, `iq` or `presence`; under `listen --chatstates` also "
+             "`chatstate`, a typing notice (never stored, so it has no `seq`), with "
+             "`state`, `from`, `to`, `id`, `peer`, `verified` and `received`."),
+    ("state", "In a `chatstate` record only: `active`, `composing`, `paused`, "
+              "`inactive` or `gone` (XEP-0085; iChat's jabber:x:event notices read as "
+              "composing or paused)."),
     ("from", "The sender's name, as the stanza claims it."),
     ("to", "The recipient's name."),
     ("type", "For messages: `chat`, `normal`, `headline`, `groupchat` or `error`."),
@@ -524,20 +554,25 @@ OPS: list[tuple[str, str, str]] = [
      "`name`, `pid`, `port`, `host`, `addresses` and the presence fields (`status`, "
      "`msg`, `nick`, `first`, `last`, `email`, `jid`)."),
     ("status", "`status` (avail, away or dnd) and/or `msg` (an empty string clears it); "
-               "null or absent leaves a field unchanged",
+               "null or absent leaves a field unchanged; `avatar`: a new picture, "
+               "base64 (PNG or JPEG), or `no_avatar`: true to publish none",
      "as for `info`, after the TXT record was updated in place."),
     ("peers", "none", "`peers`: the cached peer records, sorted by name."),
     ("follow", "none",
      "streaming: this reply, then an `added` event for each cached peer, then one event "
      "per change, until the client disconnects. A client that stops reading is "
      "dropped."),
-    ("inbox", "`after` (optional): a sequence number",
+    ("inbox", "`after` (optional): a sequence number; `chatstates` (boolean): also "
+              "stream chat states as they come",
      "streaming: this reply with `seq`, the last stored sequence number; then every "
      "stored stanza with a greater `seq` (none when `after` is absent), then each new "
-     "one once it is on disk."),
+     "one once it is on disk; with `chatstates`, `chatstate` records (no `seq`) "
+     "between them."),
     ("send", "`message`: an object of the stanza shape (`to` and `body` required; "
-             "`type`, `subject`, `thread`, `id` optional); `send_timeout` (seconds, "
-             "default 10); `wait` (seconds to wait for the peer to appear); `receipt` "
+             "`type`, `subject`, `thread`, `id` optional; `chatstate`: a chat state, "
+             "sent alone when there is no `body`, to peers that read them only); "
+             "`send_timeout` (seconds, default 10); `wait` (seconds to wait for the "
+             "peer to appear); `receipt` "
              "(boolean); `everyone` (boolean: to every cached peer, in parallel, "
              "`to` ignored)",
      "once the peer took the message: `id`, `to` and `streams_opened` (the "
@@ -549,6 +584,14 @@ OPS: list[tuple[str, str, str]] = [
      "once it is on disk: `seq`. A one-shot `send` that received a stanza on its own "
      "connection hands it over this way; a message whose sender and `id` are already "
      "stored is not stored again."),
+    ("avatar", "`peer`: a peer name; `wait` (seconds, default 5)",
+     "`name`, `avatar` (the SHA-1 of its picture, or null) and `data`: the picture, "
+     "base64, or null when it publishes none."),
+    ("conversation", "`peer`: a peer name",
+     "streaming: this reply with `seq` and `peer` (its record, or null), then every "
+     "record concerning that peer: stored stanzas from it, its `chatstate` records, "
+     "messages we sent it (`direction`: `out`, `to`, `id`, `body`, `sent`), and "
+     "`added`/`updated`/`removed` events about it. What `xmppll chat` shows."),
     ("withdraw", "none",
      "`name`; then the agent sends goodbyes, removes its socket and exits."),
     ("send_file", "`files`: paths the agent opens (the same user's); `names`: the name "

@@ -198,6 +198,8 @@ def stanza_line(record: dict[str, Any], *, color: bool = False) -> str:
         text = record["body"]
     elif record.get("kind") == "file":
         text = file_text(record)
+    elif record.get("kind") == "chatstate":
+        text = paint(f"({record.get('state')})", "2", color)
     else:
         text = f"<{record.get('kind')}> {record.get('xml', '')}"
     return f"[{when}] {paint(safe(sender), '1', color)}{mark}: {safe(text)}"

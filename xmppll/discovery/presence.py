@@ -38,6 +38,7 @@ class Presence:
     jid: str | None = None
     extra: list[tuple[str, str | None]] = field(default_factory=list)
     personal: bool = True
+    avatar: str | None = None  # SHA-1 (hex) of our picture: TXT `phsh`
 
     def __post_init__(self) -> None:
         self.status = check_status(self.status)
@@ -51,6 +52,7 @@ class Presence:
             "last": self.last,
             "email": self.email,
             "jid": self.jid,
+            "avatar": self.avatar,
             "port": self.port,
         }
 
@@ -75,7 +77,7 @@ def parse_txt_option(text: str) -> tuple[str, str | None]:
 
 
 def _reserved_keys() -> set[str]:
-    return {"txtvers", "status", "port.p2pj", "msg", "node", "hash", "ver", TLS_KEY,
+    return {"txtvers", "status", "port.p2pj", "msg", "node", "hash", "ver", TLS_KEY, "phsh",
             *_PERSONAL}
 
 
@@ -98,6 +100,8 @@ def encode_txt(presence: Presence, caps: tuple[str, str, str] | None = None) -> 
     """
     head = [_entry("txtvers", "1"), _entry("status", presence.status),
             _entry("port.p2pj", str(presence.port))]
+    if presence.avatar:
+        head.append(_entry("phsh", presence.avatar))
     personal: list[bytes] = []
     if presence.personal:
         personal = [_entry("1st", presence.first or ""), _entry("last", presence.last or "")]
@@ -194,5 +198,13 @@ def peer_fields(txt: dict[str, str | None]) -> dict[str, Any]:
         # The key it encrypts with: its presence says it speaks STARTTLS (an empty
         # value still does, and matches no certificate).
         "tls": (txt[TLS_KEY] or "sha256:") if TLS_KEY in txt else None,
+        "avatar": _phsh(txt.get("phsh")),
         "txt": txt,
     }
+
+
+def _phsh(value: str | None) -> str | None:
+    """The picture's SHA-1 (lower-case hex), or None when there is none or it is not
+    a SHA-1 at all."""
+    value = (value or "").strip().lower()
+    return value if len(value) == 40 and all(c in "0123456789abcdef" for c in value) else None

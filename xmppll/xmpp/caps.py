@@ -17,6 +17,7 @@ IDENTITY: tuple[str, str, str] = ("client", "pc", "xmppll")  # category, type, n
 FEATURES: tuple[str, ...] = (
     "http://jabber.org/protocol/bytestreams",  # XEP-0065, files (xmpp/files/)
     "http://jabber.org/protocol/caps",
+    "http://jabber.org/protocol/chatstates",
     "http://jabber.org/protocol/disco#info",
     "http://jabber.org/protocol/si",  # XEP-0095/0096 file offers
     "http://jabber.org/protocol/si/profile/file-transfer",

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmppll.errors import NoPeerError, TimeoutFailure, UnavailableError, XmpplError
+from xmppll.xmpp import chatstates
 from xmppll.xmpp import stanza as st
 from xmppll.xmpp.caps import CAPS_NODE
 from xmppll.xmpp.connection import Connection, Rejected
 from xmppll.xmpp.dial import ConnectFailed, Target
-from xmppll.xmpp.disco import Disco
+from xmppll.xmpp.disco import QUERY_TIMEOUT, Disco
 from xmppll.xmpp.hub import Hub
 from xmppll.xmpp.receipts import Receipts
 
@@ -70,6 +71,7 @@ Resolve = Callable[[str, float], Awaitable["PeerInfo | None"]]
 
 
 RECEIPT, QUERY, CLOSE = "receipt", "query", "close"  # how a delivery is known
+NOTICE = "notice"  # a typing notice: written on the stream, nothing to wait for
 
 
 @dataclass
@@ -105,6 +107,10 @@ class Sent:
     to: str
 
 
+class UnsupportedError(UnavailableError):
+    """The peer does not take what was asked (a typing notice to libpurple, salut)."""
+
+
 class Delivery:
     def __init__(self, hub: Hub, receipts: Receipts, disco: Disco, hooks: Hooks) -> None:
         self.hub = hub
@@ -113,6 +119,7 @@ class Delivery:
         self.hooks = hooks
         self.outboxes: dict[str, _Outbox] = {}
         self.refused_by: set[str] = set()  # peers that refused us as unresolved
+        self.chatstates: Any = None  # ChatStates, when received x:event requests count
 
     async def peer(self, name: str, wait: float) -> PeerInfo:
         peer = await self.hooks.resolve(name, wait)
@@ -135,12 +142,21 @@ class Delivery:
         our name; returns when the peer has it, raises an XmpplError when that cannot
         be known within `timeout`."""
         peer = await self.peer(message["to"], max(wait, 1.5))
-        receipts = receipt or self.speaks_receipts(peer)
-        element = st.message_from_json({**message, "to": peer.name}, from_=self.hub.me(),
-                                       receipt=receipts)
-        mode = RECEIPT if receipts else QUERY if self.answers_queries(peer) else CLOSE
         loop = asyncio.get_running_loop()
-        item = _Item(element, mode, loop.time() + timeout, loop.create_future())
+        deadline = loop.time() + timeout
+        state = message.get("chatstate")
+        if state is not None and message.get("body") is None:
+            element = await self._notice(peer, state, deadline)
+            mode = NOTICE
+        else:
+            receipts = receipt or self.speaks_receipts(peer)
+            element = st.message_from_json({**message, "to": peer.name},
+                                           from_=self.hub.me(), receipt=receipts)
+            if state is not None and await self.reads_chatstates(peer, deadline,
+                                                                 ask=False):
+                chatstates.add_state(element, chatstates.check_state(state))
+            mode = RECEIPT if receipts else QUERY if self.answers_queries(peer) else CLOSE
+        item = _Item(element, mode, deadline, loop.create_future())
         outbox = self.outboxes.get(peer.name.lower())
         if outbox is None:
             outbox = self.outboxes[peer.name.lower()] = _Outbox(self, peer)
@@ -148,6 +164,36 @@ class Delivery:
         outbox.put(item)
         await item.done
         return Sent(item.id, peer.name)
+
+    async def reads_chatstates(self, peer: PeerInfo, deadline: float, *,
+                               ask: bool = True) -> bool:
+        """Whether `peer` advertises XEP-0085. A peer with real caps we do not know
+        yet is asked (disco#info) when `ask`; one without (libpurple) never is."""
+        known = self.disco.cached(peer.caps)
+        if known is not None and chatstates.CHATSTATES_NS in known:
+            return True
+        if not ask or not self.answers_queries(peer) or \
+                (peer.caps or {}).get("ver") in self.disco.known:
+            return False
+        conn = await self.connection(peer, deadline)
+        try:
+            features = await self.disco.ask(conn, peer.caps, max(0.1, min(
+                QUERY_TIMEOUT, deadline - asyncio.get_running_loop().time())))
+        except XmpplError:
+            return False
+        return chatstates.CHATSTATES_NS in features
+
+    async def _notice(self, peer: PeerInfo, state: str, deadline: float) -> ET.Element:
+        """A typing notice for a peer that reads them, in the form it reads; refused
+        for any other (libpurple drops them, salut drops a message holding only one)."""
+        state = chatstates.check_state(state)
+        if await self.reads_chatstates(peer, deadline):
+            return chatstates.notice(peer.name, self.hub.me(), state)
+        ref = self.chatstates.wants_events(peer.name, peer.caps) if self.chatstates else None
+        if ref is not None and state in ("composing", "paused"):
+            return chatstates.notice(peer.name, self.hub.me(), state, form="x-event", ref=ref)
+        raise UnsupportedError(f"{peer.name} does not advertise chat states (XEP-0085): "
+                               "no typing notice sent")
 
     async def send_to_all(self, message: dict[str, Any], names: list[str], *,
                           timeout: float) -> list[Sent | XmpplError]:
@@ -222,6 +268,9 @@ class _Outbox:
     async def _work(self) -> None:
         while self.items:
             mode = self.items[0].mode
+            if mode == NOTICE:
+                await self._notice(self.items.popleft())
+                continue
             if mode == RECEIPT:
                 await self._with_receipt(self.items.popleft())
                 continue
@@ -229,6 +278,22 @@ class _Outbox:
             while self.items and self.items[0].mode == mode:
                 batch.append(self.items.popleft())
             await self._batch(batch, mode)
+
+    async def _notice(self, item: _Item) -> None:
+        """A typing notice: written on the peer's stream, in order with its messages;
+        nothing acknowledges one (it is not stored, so no receipt comes)."""
+        try:
+            conn = await self.delivery.connection(self.peer, item.deadline)
+            await conn.send([item.element])
+        except XmpplError as exc:
+            self._fail([item], exc)
+            return
+        except (ConnectionError, OSError) as exc:
+            self._fail([item], UnavailableError(f"{self.peer.name} dropped the connection: "
+                                                f"{exc}"))
+            return
+        self.delivery.keep(conn)
+        _settle(item.done, None)
 
     async def _with_receipt(self, item: _Item) -> None:
         """Write it on the peer's open stream and move on; its receipt is awaited on

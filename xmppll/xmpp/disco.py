@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from xmppll.errors import XmpplError
 from xmppll.xmpp import stanza as st
-from xmppll.xmpp.caps import CAPS_NODE, FEATURES
+from xmppll.xmpp.caps import CAPS_NODE, FEATURES, caps_ver
 from xmppll.xmpp.dispatch import Dispatcher
 
 if TYPE_CHECKING:
     from xmppll.xmpp.connection import Connection
 
 QUERY_TIMEOUT = 2.0
+# What every xmppll that publishes our caps node has had.
+BASE_FEATURES = frozenset({"http://jabber.org/protocol/caps",
+                           "http://jabber.org/protocol/disco#info", st.RECEIPTS_NS})
 
 
 class Disco:
@@ -32,9 +35,12 @@ class Disco:
         hashed `ver` once someone with it answered; None when unknown."""
         if not caps:
             return None
-        if caps.get("node") == CAPS_NODE:
-            return frozenset(FEATURES)
-        return self.known.get(caps.get("ver") or "")
+        known = self.known.get(caps.get("ver") or "")
+        if caps.get("node") == CAPS_NODE and known is None:
+            # Another version of xmppll may lack a feature added since: all have
+            # receipts, the rest is asked (see `Delivery.send` for chat states).
+            return frozenset(FEATURES) if caps.get("ver") == caps_ver() else BASE_FEATURES
+        return known
 
     async def features(self, conn: Connection, caps: dict[str, Any] | None
                        ) -> frozenset[str]:

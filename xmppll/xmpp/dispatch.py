@@ -136,6 +136,11 @@ class Dispatcher:
             ended.cancel()
             self._waiting.pop(iq_id, None)
 
+    def record(self, conn: Connection, element: ET.Element, xml: str) -> dict[str, Any]:
+        """The Stanza record of `element` as it would be stored (handlers that consume
+        a stanza make their own record kinds from it)."""
+        return self._record(conn, element, xml)
+
     def _record(self, conn: Connection, element: ET.Element, xml: str) -> dict[str, Any]:
         record = st.to_json(element, xml)
         peer: dict[str, Any] = {"address": conn.remote.address, "port": conn.remote.port,

@@ -14,6 +14,7 @@ from typing import Any
 
 from xmppll import identity
 from xmppll.discovery.directory import OnEvent, Peer, Published
+from xmppll.discovery.mdns.avatar import Avatars
 from xmppll.discovery.mdns.link import (
     LinkScopes,
     local_addresses,
@@ -50,20 +51,32 @@ class MdnsDirectory:
         self._shared = False
         self._refresher: asyncio.Task | None = None
         self.follower: NetFollower | None = None
+        self.avatars: Avatars | None = None
+        self.picture: bytes | None = None  # ours, announced before the phsh that names it
 
     async def start(self) -> None:
         """Join the link and follow it: its peers, and this host's own interfaces and
         addresses as they change (netfollow.py)."""
         self._shared = mdns_port_taken()
         self.azc = await open_link(self.interfaces)
-        self.view = PeerView(self.azc.zeroconf, on_event=self.on_peer, exclude=self.exclude,
+        self.avatars = Avatars(self.azc)
+        self.view = PeerView(self.azc.zeroconf, on_event=self._on_peer, exclude=self.exclude,
                              scopes=LinkScopes(self.interfaces))
         await self.view.start()
         self._refresher = asyncio.ensure_future(self._refresh_loop())
         self.follower = NetFollower(self.azc, self.interfaces, self.view, None)
         self.follower.start()
 
+    def _on_peer(self, event: dict[str, Any]) -> None:
+        """A peer's picture is asked for when its `phsh` names one we lack."""
+        if self.avatars is not None and event["event"] != "removed":
+            self.avatars.want(event["name"], event.get("avatar"))
+        if self.on_peer is not None:
+            self.on_peer(event)
+
     async def close(self) -> None:
+        if self.avatars is not None:
+            self.avatars.close()
         if self.follower is not None:
             self.follower.stop()
         if self._refresher is not None:
@@ -81,6 +94,8 @@ class MdnsDirectory:
             await asyncio.sleep(interval)
             assert self.view is not None
             self.view.refresh()
+            if self.avatars is not None:
+                self.avatars.tap()  # sockets of links that came up meanwhile
 
     def peers(self) -> list[Peer]:
         return [Peer.from_json(p) for p in self.view.peers.values()] if self.view else []
@@ -108,6 +123,7 @@ class MdnsDirectory:
         host = asyncio.ensure_future(
             choose_host(self.azc.zeroconf, label, mine, shared=self._shared))
         self.publisher = Publisher(self.azc, rename=rename, on_event=self._on_publish)
+        self.publisher.before_register = self._announce_picture
         record = await self.publisher.publish(Publication(name, f"{label}.local.", port, txt, []),
                                               host)
         self._published(record)
@@ -116,6 +132,22 @@ class MdnsDirectory:
             self.publisher.just_woke = self.follower.clock.asleep
         return Published(record.name, record.server.rstrip("."), record.port,
                          record.addresses)
+
+    def _announce_picture(self, record: Publication) -> None:
+        if self.avatars is not None and self.picture is not None:
+            self.avatars.publish(record.name, self.picture)
+
+    def set_picture(self, picture: bytes | None) -> None:
+        """A new picture (None: none), announced now (with a goodbye for the old one):
+        the caller updates the TXT's `phsh` after this, as XEP-0174 asks."""
+        self.picture = picture
+        record = self.record
+        if self.avatars is not None and record is not None:
+            self.avatars.publish(record.name, picture)
+
+    async def picture_of(self, name: str, sha: str, wait: float) -> bytes | None:
+        assert self.avatars is not None
+        return await self.avatars.fetch(name, sha, wait)
 
     def _published(self, record: Publication) -> None:
         assert self.view is not None
@@ -133,6 +165,8 @@ class MdnsDirectory:
 
     async def withdraw(self) -> None:
         if self.publisher is not None and self.publisher.record is not None:
+            if self.avatars is not None:
+                self.avatars.withdraw()
             await self.publisher.withdraw()
             if self.state is not None:
                 (self.state / PUBLISHED_FILE).unlink(missing_ok=True)

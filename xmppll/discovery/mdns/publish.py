@@ -189,6 +189,9 @@ class Publisher:
         # Set by whoever watches the clock: True just after a sleep, when a name
         # conflict means someone took the name while we were away, not a tie.
         self.just_woke: Callable[[], bool] = lambda: False
+        # Called with the record about to be registered: what must be on the link
+        # before its TXT (a picture before the `phsh` naming it).
+        self.before_register: Callable[[Publication], None] = lambda record: None
 
     async def publish(
         self, record: Publication, host: Awaitable[tuple[str, list[str]]] | None = None
@@ -248,6 +251,7 @@ class Publisher:
 
     async def _register(self, record: Publication) -> None:
         info = record.info()
+        self.before_register(record)
         # Not awaiting the announcements: the first one is out when this returns, and
         # that is when peers see us.
         self._announcing = await self.azc.async_register_service(
