@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from xmppll.agent import segments
+from xmppll.agent.cursor import Cursor  # noqa: F401 (its old home)
 from xmppll.agent.segments import Record
 from xmppll.errors import IOFailure
 
@@ -162,25 +163,3 @@ async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[R
 
 def _take(records: Iterator[Record], n: int) -> list[Record]:
     return [record for _, record in zip(range(n), records, strict=False)]
-
-
-class Cursor:
-    """The seq of the last stanza a listener printed, so `listen --backlog` after a
-    crash starts right after it: nothing lost, nothing printed twice."""
-
-    WIDTH = 20
-
-    def __init__(self, state: Path) -> None:
-        state.mkdir(parents=True, exist_ok=True)
-        self.path = state / "cursor"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-
-    def get(self) -> int:
-        raw = os.pread(self._fd, self.WIDTH, 0).strip()
-        return int(raw) if raw.isdigit() else 0
-
-    def set(self, seq: int) -> None:
-        os.pwrite(self._fd, str(seq).rjust(self.WIDTH).encode(), 0)
-
-    def close(self) -> None:
-        os.close(self._fd)

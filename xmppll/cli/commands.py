@@ -575,7 +575,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     from xmppll import identity
     from xmppll.agent import listening
-    from xmppll.agent.inbox import Cursor
+    from xmppll.agent.cursor import Cursor
 
     _setup_logging(verbose)
     emit_json = render.wants_json(as_json)
