@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import sys
 
-from xmppll.cli import _fastspec
-
 TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,11 +60,15 @@ ARGV_TO_CLICK = {"listen": {"verify", "port", "no_announce", "keep_days", "keep_
 
 def main() -> None:
     """`xmppll`: the agent path when it applies, else the click CLI."""
-    if not os.environ.get("XMPPLL_NO_FAST") and _current():
-        if COMPLETE_VAR in os.environ:
+    args = sys.argv[1:]
+    completing_now = COMPLETE_VAR in os.environ
+    # --help, announce, inbox...: straight to click, for the price of this module.
+    mine = completing_now or (args and args[0] in HANDLED)
+    if mine and not os.environ.get("XMPPLL_NO_FAST") and _current():
+        if completing_now:
             _complete()
         else:
-            _run(sys.argv[1:])
+            _run(args)
     from xmppll.cli.commands import main as click_main
 
     click_main()
@@ -75,6 +77,8 @@ def main() -> None:
 def _current() -> bool:
     """The table matches the definitions it was generated from."""
     import zlib
+
+    from xmppll.cli import _fastspec
 
     here = os.path.dirname(__file__)
     crc = 0
@@ -114,6 +118,8 @@ def parse(command: str, args: list[str], *, defaults: Values | None = None
     """(values, names set from argv, names set from the environment or `defaults`,
     the config file's) as click would parse `xmppll COMMAND ARGS`; raises _Unknown
     where click would say more than a value (help, an error)."""
+    from xmppll.cli import _fastspec
+
     params = _fastspec.COMMANDS[command]
     options: dict[str, tuple[dict[str, Any], bool]] = {}
     for p in params:
@@ -209,6 +215,8 @@ def parse(command: str, args: list[str], *, defaults: Values | None = None
 
 def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
     """The runner and its values for `xmppll ARGS`, or None: click's to answer."""
+    from xmppll.cli import _fastspec
+
     if not args or args[0] not in _fastspec.COMMANDS or args[0] not in HANDLED:
         return None
     command = args[0]
@@ -468,6 +476,8 @@ def readline_prefix(incomplete: str, breaks: str) -> str:
 def completing(args: list[str], incomplete: str) -> str | None:
     """The completer ("peers", "agents", ...) of what is being typed after `xmppll
     ARGS`, when the table says so without doubt; else None (click works it out)."""
+    from xmppll.cli import _fastspec
+
     if not args or args[0] not in _fastspec.COMMANDS or incomplete[:1] == "-":
         return None
     command, words = args[0], args[1:]
