@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from common import StampedLines, json_test, wait_until  # noqa: E402
+from install import Install, editable, install  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
 ZC_PEERS = str(ROOT / "tests" / "helpers" / "zc_peers.py")
@@ -105,12 +106,13 @@ def runner() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         op = req["op"]
+        env = {**os.environ, **req["env"]} if req.get("env") else None
         if op == "run":
             t0 = time.monotonic()
             start = time.perf_counter()
             try:
                 done = subprocess.run(req["argv"], stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True,
+                                      capture_output=True, text=True, env=env,
                                       timeout=req.get("timeout", RUN_TIMEOUT))
                 rc, out, err = done.returncode, done.stdout, done.stderr
             except subprocess.TimeoutExpired as exc:
@@ -120,6 +122,23 @@ def runner() -> None:
             wall = time.perf_counter() - start
             reply: dict[str, Any] = {"t0": t0, "wall": wall, "rc": rc, "out": out,
                                      "err": err[-500:]}
+        elif op == "first":  # spawn until its first line on stdout, then SIGTERM
+            start = time.perf_counter()
+            proc = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None
+            import threading  # a command that never prints is killed, not waited for
+
+            killer = threading.Timer(req.get("timeout", RUN_TIMEOUT), proc.kill)
+            killer.start()
+            line = proc.stdout.readline()
+            killer.cancel()
+            wall = time.perf_counter() - start
+            proc.terminate()
+            _, err = proc.communicate(timeout=10)
+            reply = {"wall": wall, "rc": 0 if line else proc.returncode,
+                     "out": line.decode(errors="replace"),
+                     "err": err.decode(errors="replace")[-500:]}
         elif op == "spawn":
             log = open(req["log"], "ab") if req.get("log") else subprocess.DEVNULL  # noqa: SIM115
             t0 = time.monotonic()
@@ -160,8 +179,12 @@ class Runner:
             raise RuntimeError(f"runner on {self.host.name}: {exc}\n"
                                + "\n".join(self.err.lines[-20:])) from None
 
-    def run(self, argv: list[str], timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
-        return self.call(op="run", argv=argv, timeout=timeout)
+    def run(self, argv: list[str], timeout: float = RUN_TIMEOUT,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+        return self.call(op="run", argv=argv, timeout=timeout, env=env)
+
+    def first(self, argv: list[str]) -> dict[str, Any]:
+        return self.call(op="first", argv=argv)
 
     def spawn(self, argv: list[str], log: str | None = None) -> tuple[float, int]:
         reply = self.call(op="spawn", argv=argv, log=log)
@@ -191,12 +214,23 @@ class Stamped(StampedLines):
         return self.wait(json_test(test), timeout)
 
 
+# What the timed commands run: a wheel in a venv of its own (install.py), unless
+# --editable; BASELINE, with --baseline REV, is the same for an older commit.
+CURRENT: Install = editable()
+BASELINE: Install | None = None
+
+
 def xmppll(*args: str) -> list[str]:
-    return [PY, "-m", "xmppll", *args]
+    return CURRENT.xmppll(*args)
+
+
+def floor() -> list[str]:
+    """The interpreter floor: the same Python as the timed commands, doing nothing."""
+    return [CURRENT.python, "-c", "pass"]
 
 
 def start_agent(host: Host, name: str) -> tuple[subprocess.Popen[Any], dict[str, Any]]:
-    proc = host.xmppll_popen("announce", "--json", name)
+    proc = host.popen(xmppll("announce", "--json", name))
     # drained, so a chatty agent never blocks on a full pipe; kept for error reports
     proc.err_lines = Lines(proc.stderr)  # type: ignore[attr-defined]
     event = Lines(proc.stdout).wait_json(lambda r: r["event"] == "announced", 30)
@@ -368,7 +402,7 @@ def bench_discovery(res: Results, n: int, runs: int, idle: float) -> None:
             ("avahi-cold", avahi_cold),
             ("avahi-warm", lambda: timed(f"browse/{n}/avahi-warm", r4, browse_avahi,
                                          lambda out: avahi_names(out.splitlines(), prefix))),
-            ("floor", lambda: timed(f"browse/{n}/floor", r1, [PY, "-c", "pass"])),
+            ("floor", lambda: timed(f"browse/{n}/floor", r1, floor())),
         ], runs)
 
         # Idle: nothing asks anything; the agent and avahi keep their caches.
@@ -533,8 +567,8 @@ def bench_messaging(res: Results, runs: int, messages: int,
         round_robin(res, [
             ("send agent", lambda: send("send/agent", r1)),
             ("send no agent", lambda: send("send/no-agent", r3)),
-            ("floor h1", lambda: timed("startup/floor", r1, [PY, "-c", "pass"])),
-            ("floor h3", lambda: timed("startup/floor-h3", r3, [PY, "-c", "pass"])),
+            ("floor h1", lambda: timed("startup/floor", r1, floor())),
+            ("floor h3", lambda: timed("startup/floor-h3", r3, floor())),
             ("help", lambda: timed("startup/help", r1, xmppll("--help"))),
             ("status", lambda: timed("startup/status", r1, xmppll("status", "--json"))),
         ], runs)
@@ -569,6 +603,82 @@ def bench_messaging(res: Results, runs: int, messages: int,
                 listen_overflows(h4) - overflows)
             agent.terminate()
             agent.wait(10)
+
+
+# --- the agent path: one-shot commands at the interpreter's floor (issue 14) ------------
+
+AGENT_PATH_TARGET = 0.010  # s over the floor, median: browse, status, withdraw, listen, TAB
+SEND_TARGET = 0.020  # s over the floor: send, with the peer's fsync and receipt
+
+
+def bench_agent_path(res: Results, runs: int) -> None:
+    """h1 runs an agent (and a second one per round, to withdraw), h2 an agent that
+    answers with receipts, h3 none (standalone send). Every command of the agent path,
+    from CURRENT and (with --baseline) BASELINE, beside the floor, round-robin."""
+    with Lan(3) as lan:
+        h1, h2, h3 = lan.hosts
+        start_agent(h2, "tester@h2")
+        start_agent(h1, "tester@h1")
+        wait_until(lambda: "tester@h2" in xmppll_names(
+            h1.xmppll("browse", "--json", timeout=30).stdout, "tester@"), 20,
+            "h1's agent to see tester@h2")
+        r1, r3 = Runner(h1), Runner(h3)
+        sockets = Path(h1.env["XDG_RUNTIME_DIR"]) / "xmppll"
+        tab = {"_XMPPLL_COMPLETE": "bash_complete", "COMP_LINE": "xmppll send tes",
+               "COMP_WORDBREAKS": " \t\n\"'@><=;|&(:"}
+        count = [0]
+        installs = [i for i in (CURRENT, BASELINE) if i is not None]
+
+        def timed(key: str, reply: dict[str, Any], check: str | None = None) -> None:
+            if not Recording.on:
+                return
+            s = res.get(key)
+            s.values.append(reply["wall"])
+            if reply["rc"]:
+                s.errors.append(f"exit {reply['rc']}: {reply['err'].strip()[-200:]}")
+            elif check is not None and check not in reply["out"]:
+                s.errors.append(f"no {check!r} in the output: {reply['out'][-200:]!r}")
+
+        def withdraw(inst: Install) -> None:
+            count[0] += 1
+            name = f"w{count[0]}@h1"
+            _, pid = r1.spawn(inst.xmppll("announce", "--json", name))
+            wait_until(lambda: (sockets / f"{name}.sock").exists(), 20, f"{name} to start")
+            timed(f"path/{inst.label}/withdraw", r1.run(inst.xmppll("withdraw", name)))
+            r1.stop(pid)
+
+        def listen(inst: Install) -> None:
+            # Something unread in h1's inbox: listen --backlog prints it at once.
+            sent = h2.xmppll("send", "tester@h1", "bench listen", timeout=30)
+            if sent.returncode:
+                raise RuntimeError(f"send to tester@h1: {sent.stderr.strip()[-200:]}")
+            timed(f"path/{inst.label}/listen",
+                  r1.first(inst.xmppll("listen", "--backlog", "--json")), "bench listen")
+
+        jobs: list[tuple[str, Callable[[], None]]] = [
+            ("floor", lambda: timed("path/floor", r1.run(floor()))),
+            ("floor h3", lambda: timed("path/floor-h3", r3.run(floor()))),
+        ]
+        for inst in installs:
+            label = inst.label
+            jobs += [
+                (f"{label} status", lambda i=inst: timed(
+                    f"path/{i.label}/status", r1.run(i.xmppll("status", "--json")), "tester@h1")),
+                (f"{label} browse", lambda i=inst: timed(
+                    f"path/{i.label}/browse", r1.run(i.xmppll("browse", "--json")), "tester@h2")),
+                (f"{label} send", lambda i=inst: timed(
+                    f"path/{i.label}/send", r1.run(i.xmppll("send", "tester@h2", "bench")))),
+                (f"{label} listen", lambda i=inst: listen(i)),
+                (f"{label} TAB", lambda i=inst: timed(
+                    f"path/{i.label}/complete", r1.run(i.xmppll(), env=tab), "h2")),
+                (f"{label} withdraw", lambda i=inst: withdraw(i)),
+                (f"{label} help", lambda i=inst: timed(
+                    f"path/{i.label}/help", r1.run(i.xmppll("--help")), "Usage")),
+                (f"{label} send standalone", lambda i=inst: timed(
+                    f"path/{i.label}/send-standalone",
+                    r3.run(i.xmppll("send", "tester@h2", "standalone")))),
+            ]
+        round_robin(res, jobs, runs)
 
 
 METHOD_NOTES = [
@@ -694,6 +804,37 @@ def report(res: Results, cfg: argparse.Namespace, info: dict[str, Any]) -> str:
             if streams > 1 else "",
             f"agent peak RSS {timing(rss, 'MB')} (idle {timing(idle_rss, 'MB')}); "
             f"stored {completeness(rate)}; {overflow_note(S(f'flood/{streams}/overflows'))}")
+    path_floor = res.median("path/floor")
+    for key, what, target in (
+            ("status", "`xmppll status --json`", AGENT_PATH_TARGET),
+            ("browse", "`xmppll browse --json` (1 peer, from the agent's cache)",
+             AGENT_PATH_TARGET),
+            ("withdraw", "`xmppll withdraw NAME` (returns once its goodbyes are out)",
+             AGENT_PATH_TARGET),
+            ("listen", "`xmppll listen --backlog`: spawn → first stanza printed",
+             AGENT_PATH_TARGET),
+            ("complete", "TAB: `xmppll send tes<TAB>` (bash completion of a peer name)",
+             AGENT_PATH_TARGET),
+            ("send", "`xmppll send` to an xmppll agent (its fsync and receipt included)",
+             SEND_TARGET),
+            ("help", "`xmppll --help` (click)", None),
+            ("send-standalone", "`xmppll send`, no agent on the host (resolve, connect)",
+             None)):
+        mine = res.median(f"path/{CURRENT.label}/{key}")
+        base = res.median(f"path/{BASELINE.label}/{key}") if BASELINE else None
+        ref = res.median("path/floor-h3") if key == "send-standalone" else path_floor
+        over = f"floor + {ms(mine - ref)} ms" if mine is not None and ref else ""
+        if target is not None:
+            goal = f"target ≤ floor + {target * 1000:.0f} ms: " + (
+                "met" if mine is not None and ref and mine - ref <= target else "missed")
+        else:
+            goal = "target: no slower than before" + (
+                (": met" if mine <= base * 1.05 else ": missed") if mine and base else "")
+        before = (f"; before ({BASELINE.label}): {timing(S(f'path/{BASELINE.label}/{key}'))}"
+                  f", {ratio(mine, base)} of it" if BASELINE else "")
+        row("Agent path", what, timing(S(f"path/{CURRENT.label}/{key}")), "`python3 -c pass`",
+            timing(S("path/floor-h3" if key == "send-standalone" else "path/floor")),
+            ratio(mine, ref), f"{over}; {goal}{before}")
     for key, what in (("help", "`xmppll --help`"), ("status", "`xmppll status` (agent running)")):
         row("Start-up", what, timing(S(f"startup/{key}")), "`python3 -c pass`",
             timing(S("startup/floor")), ratio(res.median(f"startup/{key}"), floor))
@@ -725,7 +866,8 @@ def report(res: Results, cfg: argparse.Namespace, info: dict[str, Any]) -> str:
     lines = [f"Medians of {cfg.runs} runs (min–max), after one warm-up round; "
              f"{info['cpus']} CPUs ({info['cpu']}), load average {info['load_start']} at "
              f"start, {info['load_end']} at end; {info['system']}; Python "
-             f"{info['python']}; avahi {info['avahi']}; bench took {info['took']:.0f} s"
+             f"{info['python']}; avahi {info['avahi']}; xmppll {info['install']}; bench "
+             f"took {info['took']:.0f} s"
              + (" (--quick)" if cfg.quick else "") + ".", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -775,6 +917,48 @@ def growth(res: Results, cfg: argparse.Namespace) -> list[str]:
     return out
 
 
+def draw(res: Results, cfg: argparse.Namespace, path: Path) -> None:
+    """The growth lines as a picture: browse wall time, idle RSS and idle CPU against
+    the number of peers, xmppll beside avahi (matplotlib: a benchmark-only extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted(cfg.peers)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
+
+    def plot(ax: Any, key: str, scale: float, label: str, style: str) -> None:
+        points = [(n, res.median(key.format(n=n))) for n in counts]
+        points = [(n, v * scale) for n, v in points if v is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+
+    ax = axes[0]
+    plot(ax, "browse/{n}/agent", 1000, "xmppll browse (agent)", "o-")
+    plot(ax, "browse/{n}/no-agent", 1000, "xmppll browse --no-agent", "s-")
+    plot(ax, "browse/{n}/avahi-warm", 1000, "avahi-browse -trp, warm", "^--")
+    plot(ax, "browse/{n}/avahi-cold", 1000, "avahi-browse -trp, cold", "v--")
+    plot(ax, "browse/{n}/floor", 1000, "python3 -c pass", "k:")
+    ax.set(title="browse: spawn to exit", ylabel="ms (median)", yscale="log")
+    ax = axes[1]
+    plot(ax, "idle/{n}/agent/rss", 1, "xmppll agent", "o-")
+    plot(ax, "idle/{n}/avahi-daemon/rss", 1, "avahi-daemon", "^--")
+    plot(ax, "idle/{n}/avahi-browse/rss", 1, "avahi-browse -rp", "v--")
+    ax.set(title="idle RSS", ylabel="MB")
+    ax = axes[2]
+    plot(ax, "idle/{n}/agent/cpu_ns", 1000, "xmppll agent", "o-")
+    plot(ax, "idle/{n}/avahi-daemon/cpu_ns", 1000, "avahi-daemon", "^--")
+    plot(ax, "idle/{n}/avahi-browse/cpu_ns", 1000, "avahi-browse -rp", "v--")
+    ax.set(title=f"idle CPU over {cfg.idle:g} s", ylabel="ms (schedstat)")
+    for ax in axes:
+        ax.set(xlabel="peers on the link", xscale="log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    print(f"# drew {path}", file=sys.stderr)
+
+
 # --- main -------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
@@ -798,6 +982,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="timed runs per measurement [7; quick 2]")
     parser.add_argument("--idle", type=float, help="idle window in s [30; quick 5]")
     parser.add_argument("--raw", type=Path, help="also write every measurement as JSON here")
+    parser.add_argument("--editable", action="store_true", help="time this interpreter's "
+                        "install (-m xmppll) instead of a wheel in a venv of its own")
+    parser.add_argument("--baseline", metavar="REV", help="also time a wheel of REV (git) "
+                        "on the agent path, as 'before'")
+    parser.add_argument("--only", metavar="SECTIONS", help="comma-separated: discovery, "
+                        "publication, messaging, agent-path [all]")
+    parser.add_argument("--png", type=Path, help="draw how the costs grow with the peers "
+                        "here (needs matplotlib: pip install -e '.[bench]')")
     parser.add_argument("--runner", action="store_true", help=argparse.SUPPRESS)
     cfg = parser.parse_args()
     if cfg.runner:
@@ -818,6 +1010,16 @@ def main() -> None:
     info = machine_info()
     started = time.monotonic()
     res = Results()
+    global CURRENT, BASELINE
+    if not cfg.editable:
+        print("# installing a wheel of the working tree ...", file=sys.stderr, flush=True)
+        CURRENT = install(None, "this tree")
+    if cfg.baseline:
+        print(f"# installing a wheel of {cfg.baseline} ...", file=sys.stderr, flush=True)
+        BASELINE = install(cfg.baseline, cfg.baseline)
+    info["install"] = ("editable, python -m xmppll" if cfg.editable else
+                       "a wheel in a venv of its own, its console script")
+    sections = set((cfg.only or "discovery,publication,messaging,agent-path").split(","))
 
     def step(what: str, fn: Callable[[], None]) -> None:
         t = time.monotonic()
@@ -829,16 +1031,23 @@ def main() -> None:
                              f"{str(exc)[:500]}")
         print(f"#   {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
 
-    for n in cfg.peers:
-        step(f"discovery and idle cost, {n} peers",
-             lambda n=n: bench_discovery(res, n, cfg.runs, cfg.idle))
-    step("publication and status", lambda: bench_publication(res, cfg.runs))
-    step("messaging", lambda: bench_messaging(res, cfg.runs, cfg.messages, cfg.streams))
+    if "agent-path" in sections:
+        step("the agent path", lambda: bench_agent_path(res, cfg.runs))
+    if "discovery" in sections:
+        for n in cfg.peers:
+            step(f"discovery and idle cost, {n} peers",
+                 lambda n=n: bench_discovery(res, n, cfg.runs, cfg.idle))
+    if "publication" in sections:
+        step("publication and status", lambda: bench_publication(res, cfg.runs))
+    if "messaging" in sections:
+        step("messaging", lambda: bench_messaging(res, cfg.runs, cfg.messages, cfg.streams))
     info["took"] = time.monotonic() - started
     info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if cfg.raw:
         cfg.raw.write_text(json.dumps({"info": info, **res.to_json()}, indent=1))
     print(report(res, cfg, info))
+    if cfg.png:
+        draw(res, cfg, cfg.png)
 
 
 if __name__ == "__main__":

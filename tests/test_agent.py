@@ -161,7 +161,7 @@ def imported_modules(stderr: str) -> set[str]:
 
 def heavy(modules: set[str]) -> set[str]:
     """The modules a one-shot command through the agent must not load."""
-    roots = ("zeroconf", "xml", "defusedxml", "asyncio")
+    roots = ("zeroconf", "xml", "defusedxml", "asyncio", "ssl")
     return {m for m in modules if m.split(".")[0] in roots}
 
 
@@ -276,20 +276,58 @@ def test_send_through_the_agent_reuses_one_stream(lan: Lan) -> None:
 
 
 def test_one_shot_commands_through_the_agent_stay_lean(lan: Lan) -> None:
+    """Every command a running agent answers loads neither click (the agent path
+    parses with its generated table) nor zeroconf, the XML stack, asyncio or ssl, and
+    prints what the click CLI prints (XMPPLL_NO_FAST=1)."""
     a, b, _ = lan.hosts
     start_agents((a, ()), (b, ()))
     wait_cached(a, {"tester@h2"})
     py = [sys.executable, "-X", "importtime", "-m", "xmppll"]
-    for args in (["send", "tester@h2", "lean"], ["status"], ["browse"]):
-        done = a.run([*py, *args], timeout=30)
+    completing = {**a.env, "_XMPPLL_COMPLETE": "bash_complete",
+                  "COMP_LINE": "xmppll send tester@", "COMP_WORDBREAKS": " \t\n\"'@><=;|&(:"}
+    cases: list[tuple[list[str], dict[str, str] | None]] = [
+        (["send", "tester@h2", "lean"], None), (["send", "--receipt", "tester@h2", "r"], None),
+        (["status", "--json"], None), (["status", "away", "--msg", "x", "--json"], None),
+        (["browse", "--json"], None), (["browse", "--table", "*h2"], None),
+        (["browse", "--follow", "--timeout", "0.3", "--json"], None),
+        ([], completing),
+    ]
+    for args, env in cases:
+        done = a.run([*py, *args], timeout=30, env=env)
         assert done.returncode == 0, (args, done.stderr[-2000:])
         modules = imported_modules(done.stderr)
-        assert "xmppll.agent.control" in modules and "click" in modules, args  # parsed for real
-        assert heavy(modules) == set(), args
+        assert "xmppll.agent.control" in modules, args
+        assert "click" not in modules and heavy(modules) == set(), (args, heavy(modules))
+        slow = a.run([sys.executable, "-m", "xmppll", *args], timeout=30,
+                     env={**(env or a.env), "XMPPLL_NO_FAST": "1"})
+        assert (slow.returncode, slow.stdout) == (0, done.stdout), args
+    assert done.stdout == "plain,@h2\n"  # the completion: readline keeps "tester"
+    # listen through the agent: its start (up to the inbox stream) is lean as well.
+    listener = a.popen([*py, "listen", "--json"])
+    listener_err = Lines(listener.stderr)
+    time.sleep(1.0)  # it follows from now on: let it connect first
+    stamp = time.monotonic()
+    sent = b.xmppll("send", "tester@h1", "to the listener", timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    assert "to the listener" in Lines(listener.stdout).wait_for("to the listener", 10)
+    listener.terminate()
+    listener.wait(10)
+    time.sleep(0.2)  # the reader thread's last lines
+    modules = imported_modules("\n".join(listener_err.lines))
+    assert "xmppll.agent.listening" in modules and "click" not in modules
+    assert heavy(modules) == set(), heavy(modules)
+    assert time.monotonic() - stamp < 15
+    # withdraw, last: the agent goes.
+    done = a.run([*py, "withdraw", "--json"], timeout=30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = imported_modules(done.stderr)
+    assert "click" not in modules and heavy(modules) == set(), heavy(modules)
+    assert jsonl(done.stdout) == [{"event": "withdrawn", "name": "tester@h1"}]
     # The same measure does see the heavy stack where it belongs: without the agent.
     done = a.run([*py, "browse", "--no-agent", "--timeout", "0.3"], timeout=30)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert {"zeroconf", "asyncio"} <= heavy(imported_modules(done.stderr))
+    assert {"zeroconf", "asyncio", "click"} <= heavy(imported_modules(done.stderr)) | {
+        m.split(".")[0] for m in imported_modules(done.stderr)}
 
 
 # --- status ------------------------------------------------------------------------------

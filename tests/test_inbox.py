@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from xmppll.agent import history, retention, segments
-from xmppll.agent.inbox import Cursor, Inbox, read_after
+from xmppll.agent.cursor import Cursor
+from xmppll.agent.inbox import Inbox, read_after
 from xmppll.agent.policy import Policy
 
 OLD = "2001-01-01T00:00:00.000Z"  # far older than any retention age

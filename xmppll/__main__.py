@@ -1,3 +1,3 @@
-from xmppll.cli.commands import main
+from xmppll.cli.fast import main
 
 main()

@@ -6,7 +6,6 @@ both halves are validated here once and every command agrees on them.
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import socket
@@ -28,7 +27,7 @@ def host_label() -> str:
 
 def user_label() -> str:
     try:
-        user = os.environ.get("USER") or getpass.getuser()
+        user = os.environ.get("USER") or _getuser()
     except (KeyError, OSError):
         user = f"uid{os.getuid()}"
     return user.replace(".", "_") or f"uid{os.getuid()}"
@@ -112,3 +111,9 @@ def socket_path(name: str) -> Path:
 
 def name_from_socket(path: Path) -> str:
     return path.name[: -len(".sock")].replace("%2F", "/").replace("%25", "%")
+
+
+def _getuser() -> str:
+    import getpass  # rarely needed ($USER is set): not on every command's start
+
+    return getpass.getuser()

@@ -21,10 +21,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from xmppll import identity
 from xmppll.errors import IOFailure, UnavailableError, UsageError, XmpplError
+
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 CONNECT_TIMEOUT = 2.0

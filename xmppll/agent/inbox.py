@@ -162,25 +162,3 @@ async def catch_up(state: Path, after: int, batch: int = 512) -> AsyncIterator[S
 
 def _take(records: Iterator[Stored], n: int) -> list[Stored]:
     return [record for _, record in zip(range(n), records, strict=False)]
-
-
-class Cursor:
-    """The seq of the last stanza a listener printed, so `listen --backlog` after a
-    crash starts right after it: nothing lost, nothing printed twice."""
-
-    WIDTH = 20
-
-    def __init__(self, state: Path) -> None:
-        state.mkdir(parents=True, exist_ok=True)
-        self.path = state / "cursor"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-
-    def get(self) -> int:
-        raw = os.pread(self._fd, self.WIDTH, 0).strip()
-        return int(raw) if raw.isdigit() else 0
-
-    def set(self, seq: int) -> None:
-        os.pwrite(self._fd, str(seq).rjust(self.WIDTH).encode(), 0)
-
-    def close(self) -> None:
-        os.close(self._fd)

@@ -13,11 +13,10 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from xmppll.agent.inbox import Cursor
+from xmppll.agent.cursor import Cursor
 from xmppll.errors import IOFailure
 
 log = logging.getLogger("xmppll")
@@ -30,6 +29,8 @@ class Runner:
 
     def __init__(self, command: str) -> None:
         self.command = command
+        from concurrent.futures import ThreadPoolExecutor  # only with --exec
+
         self.pool = ThreadPoolExecutor(EXEC_CONCURRENCY)
         self.slots = threading.BoundedSemaphore(EXEC_CONCURRENCY * 2)
         self.running: set[int] = set()

@@ -18,6 +18,10 @@ import click
 from xmppll import __version__
 from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
+from xmppll.cli.oneshot import json_records as _json_records
+from xmppll.cli.oneshot import print_status as _print_status
+from xmppll.cli.oneshot import setup_logging as _setup_logging
+from xmppll.cli.oneshot import text_records as _text_records
 from xmppll.defaults import (
     DEFAULT_PORT,
     FILE_TIMEOUT,
@@ -414,16 +418,6 @@ def status(status: str | None, msg: str | None, name: str | None, avatar: str | 
         _print_status(reply, as_json)
 
 
-def _print_status(reply: dict[str, Any], as_json: bool | None) -> None:
-    record = {k: v for k, v in reply.items() if k not in ("v", "ok")}
-    if render.wants_json(as_json):
-        render.write_json(record)
-        return
-    msg = f"  {render.safe(record['msg'])}" if record.get("msg") else ""
-    status = render.status_word(record.get("status"), render.use_color())
-    render.write_line(f"{render.safe(record['name'])}  {status}  port {record['port']}{msg}")
-
-
 @cli.command()
 @click.argument("name", required=False, shell_complete=_complete_agents)
 @click.option("--stale", is_flag=True, help="Send goodbyes for NAME's records left by an "
@@ -463,31 +457,6 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
 
 
 VERIFY_CHOICE = click.Choice(VERIFY_POLICIES)
-
-
-def _setup_logging(verbose: bool) -> None:
-    """One line per record on stderr (the journal, under systemd), ours and the
-    libraries' alike; tracebacks only with -v: an expected condition is a sentence."""
-    import logging
-
-    class Formatter(logging.Formatter):
-        def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
-            return super().formatException(ei) if verbose else ""
-
-        def format(self, record: logging.LogRecord) -> str:
-            if record.exc_info and not verbose:
-                exc = record.exc_info[1]
-                record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
-                record.args = None
-                record.exc_info = record.exc_text = None
-            return super().format(record)
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Formatter("xmppll: [%(relativeCreated)4d ms] %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("xmppll").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @cli.command()
@@ -684,42 +653,6 @@ def _send_files(to: str | None, text: tuple[str, ...], from_: str | None,
                           interfaces=ifaces, report=report)
 
 
-def _text_records(to: str | None, text: tuple[str, ...], lines: bool,
-                  base: dict[str, Any]) -> Any:
-    if text:
-        yield 0, {**base, "to": to, "body": " ".join(text)}
-        return
-    if sys.stdin.isatty() and not lines:
-        raise UsageError("no message: give TEXT, or pipe it on stdin")
-    if not lines:
-        yield 0, {**base, "to": to, "body": sys.stdin.read().removesuffix("\n")}
-        return
-    for lineno, line in enumerate(sys.stdin, 1):
-        yield lineno, {**base, "to": to, "body": line.removesuffix("\n")}
-
-
-def _json_records(default_to: str | None) -> Any:
-    """JSON Lines of the stanza shape, read as they come (a pipe from `listen`)."""
-    import json
-
-    from xmppll.errors import DataError
-
-    for lineno, line in enumerate(sys.stdin, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"line {lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"line {lineno}: expected a JSON object")
-        if default_to and not record.get("to"):
-            record["to"] = default_to
-        if not isinstance(record.get("to"), str) or not isinstance(record.get("body"), str):
-            raise DataError(f"line {lineno}: \"to\" and \"body\" must be strings")
-        yield lineno, record
-
-
 @cli.command()
 @click.argument("name", required=False, envvar="XMPPLL_NAME", shell_complete=_complete_agents)
 @click.option("--backlog", is_flag=True, help="First print what arrived while no "
@@ -766,7 +699,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
 
     from xmppll import identity
     from xmppll.agent import listening
-    from xmppll.agent.inbox import Cursor
+    from xmppll.agent.cursor import Cursor
 
     _setup_logging(verbose)
     emit_json = render.wants_json(as_json)

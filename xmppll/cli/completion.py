@@ -23,8 +23,9 @@ from click.shell_completion import (
     split_arg_string,
 )
 
+from xmppll.cli.peer_names import HARD_CAP, peer_items, readline_prefix
+
 BROWSE_TIMEOUT = 0.3  # seconds of listening for answers when no agent runs
-HARD_CAP = 1.0  # seconds: past this the shell gets what we have (maybe nothing)
 FILES = {"bash": "xmppll.bash", "zsh": "_xmppll", "fish": "xmppll.fish"}
 
 # bash splits words at COMP_WORDBREAKS, which holds '@' and ':' by default, so in
@@ -82,13 +83,7 @@ class Bash(BashComplete):
             args, incomplete = words[1:], ""
         else:
             args, incomplete = words[1:-1], words[-1]
-        breaks = os.environ.get("COMP_WORDBREAKS", "@:=")
-        cut = max((incomplete.rfind(ch) for ch in breaks if ch not in " \t\n\"'"),
-                  default=-1)
-        # readline keeps a break character that is also one of bash's "special
-        # prefixes" ('@', '$') in the text it replaces; other breaks it drops.
-        keep = cut >= 0 and incomplete[cut] in "@$"
-        self._prefix = incomplete[: cut if keep else cut + 1]
+        self._prefix = readline_prefix(incomplete, os.environ.get("COMP_WORDBREAKS", "@:="))
         return args, incomplete
 
     def format_completion(self, item: CompletionItem) -> str:
@@ -133,18 +128,10 @@ def _online_peers() -> list[dict[str, Any]]:
     return oneshot.browse(BROWSE_TIMEOUT)
 
 
-def _describe(peer: dict[str, Any]) -> str:
-    msg = peer.get("msg")
-    return f"{peer.get('status') or 'avail'}: {msg}" if msg else (peer.get("status") or "")
-
-
 def peers(incomplete: str, *, cap: float = HARD_CAP) -> list[CompletionItem]:
     """Names of the peers online that start with `incomplete` (case-insensitive)."""
-    found = _bounded(_online_peers, cap)
-    low = incomplete.lower()
-    return [CompletionItem(p["name"], help=_describe(p)) for p in
-            sorted(found, key=lambda p: p["name"].lower())
-            if p["name"].lower().startswith(low)]
+    return [CompletionItem(name, help=help_)
+            for name, help_ in peer_items(_bounded(_online_peers, cap), incomplete)]
 
 
 def agents(incomplete: str) -> list[CompletionItem]:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
 
 from xmppll.errors import IOFailure
+
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 _STATUS_MARK = {"avail": "avail", "away": "away", "dnd": "dnd"}
 # SGR colours for a terminal: green, yellow, red (the usual traffic-light reading).
@@ -47,6 +48,8 @@ def paint(text: str, sgr: str | None, color: bool) -> str:
 def width(text: str) -> int:
     """Columns a string takes on a terminal: wide (CJK) characters count two,
     combining marks none."""
+    import unicodedata  # only for a table or a line for a person
+
     return sum(0 if unicodedata.combining(ch) else
                2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
@@ -237,6 +240,8 @@ def progress(message: str, *, enabled: bool = True, delay: float = 0.4,
     if not enabled or not out.isatty():
         yield
         return
+    import threading  # only on a terminal: not in every pipe's start-up
+
     done = threading.Event()
     start = time.monotonic()
 

@@ -1,0 +1,517 @@
+"""The console entry point: commands that a running agent answers, without click.
+
+Importing click and the command definitions costs more than the agent takes to answer
+(issue 14), so `main()` first tries to read argv with the table that fastspec.py
+generates from those definitions (_fastspec.py): the same option strings, types,
+defaults, environment variables and config-file defaults. It answers only what it fully
+understands: `browse`, `status`, `withdraw`, `send` and `listen` when an agent runs and
+every parameter given is one the command's runner below handles, and bash's completion
+of peer and agent names. Anything else (--help, an unknown or malformed option, a
+parameter that needs the standalone code, no agent running, a table older than the
+definitions) goes to the click CLI, before anything was done, which then does all of
+it as if this module did not exist. XMPPLL_NO_FAST=1 sends everything there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from xmppll.cli import COMPLETE_VAR
+from xmppll.cli.peer_names import HARD_CAP, peer_items, readline_prefix
+
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Values = dict[str, Any]
+STEP_ASIDE = object()  # a runner's answer: leave this one to click, nothing was done
+
+
+class _Unknown(Exception):
+    """Something only click can answer (or explain)."""
+
+
+# --- what each command's runner handles ------------------------------------------------
+
+# Parameters each runner implements, and those it leaves to click whenever they are set
+# (on the command line, in the environment or the config file): with them the command
+# does something else than ask the agent. Every parameter of the click command must be
+# in one of the two; tests/test_fast.py checks it, so an option added to a command is
+# answered by click until someone says here what it means on the agent path.
+HANDLED = {
+    "browse": {"pattern", "follow", "timeout", "as_table", "as_json", "color"},
+    "status": {"status", "msg", "name", "as_json", "quiet", "color"},
+    "withdraw": {"name", "as_json", "quiet"},
+    "send": {"to", "text", "from_", "type_", "subject", "thread", "receipt", "id_",
+             "timeout", "wait", "json_input", "lines", "everyone", "quiet"},
+    "listen": {"name", "backlog", "command", "output", "as_json", "quiet", "color"},
+}
+TO_CLICK = {
+    "browse": {"no_agent", "no_link", "interfaces", "domains", "dns_server"},
+    "status": {"interfaces", "avatar", "no_avatar"},
+    "withdraw": {"stale", "interfaces", "domains", "dns_server", "tsig_key"},
+    "send": {"interfaces", "domains", "dns_server", "verbose", "files", "file_name",
+             "method", "chatstate", "tls"},
+    "listen": {"interfaces", "verbose", "chatstates"},
+}
+# listen's options for the agent it starts when none runs: unused when one does, so
+# only a value on the command line (which click would check) sends it to click.
+ARGV_TO_CLICK = {"listen": {"verify", "port", "no_announce", "keep_days", "keep_size",
+                            "accept_files", "download_dir", "max_file_size", "tls"}}
+
+
+def main() -> None:
+    """`xmppll`: the agent path when it applies, else the click CLI."""
+    args = sys.argv[1:]
+    completing_now = COMPLETE_VAR in os.environ
+    # --help, announce, inbox...: straight to click, for the price of this module.
+    mine = completing_now or (args and args[0] in HANDLED)
+    if mine and not os.environ.get("XMPPLL_NO_FAST") and _current():
+        if completing_now:
+            _complete()
+        else:
+            _run(args)
+    from xmppll.cli.commands import main as click_main
+
+    click_main()
+
+
+def _current() -> bool:
+    """The table matches the definitions it was generated from."""
+    import zlib
+
+    from xmppll.cli import _fastspec
+
+    here = os.path.dirname(__file__)
+    crc = 0
+    try:
+        for name in ("commands.py", "keep.py"):
+            with open(os.path.join(here, name), "rb") as fh:
+                crc = zlib.crc32(fh.read(), crc)
+    except OSError:
+        return False
+    return crc == _fastspec.SOURCES
+
+
+# --- parsing argv as click would --------------------------------------------------------
+
+def _convert(param: dict[str, Any], value: str) -> Any:
+    kind = param["type"]
+    try:
+        if kind == "str":
+            return value
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise _Unknown from None
+    if kind == "choice":
+        for choice in param["choices"]:
+            if choice == value or (param["fold"] and choice.lower() == value.lower()):
+                return choice
+    if kind == "file" and not os.path.isdir(value):
+        return value
+    raise _Unknown
+
+
+def parse(command: str, args: list[str], *, defaults: Values | None = None
+          ) -> tuple[Values, set[str], set[str]]:
+    """(values, names set from argv, names set from the environment or `defaults`,
+    the config file's) as click would parse `xmppll COMMAND ARGS`; raises _Unknown
+    where click would say more than a value (help, an error)."""
+    from xmppll.cli import _fastspec
+
+    params = _fastspec.COMMANDS[command]
+    options: dict[str, tuple[dict[str, Any], bool]] = {}
+    for p in params:
+        options.update({opt: (p, True) for opt in p["opts"]})
+        options.update({opt: (p, False) for opt in p["secondary"]})
+    values: Values = {}
+    from_argv: set[str] = set()
+    positional: list[str] = []
+
+    def put(p: dict[str, Any], value: Any) -> None:
+        from_argv.add(p["name"])
+        if p["multiple"]:
+            values.setdefault(p["name"], []).append(value)
+        else:
+            values[p["name"]] = value
+
+    def take(p: dict[str, Any], on: bool, inline: str | None, rest: list[str]) -> None:
+        if p["type"] == "flag":
+            if inline is not None:
+                raise _Unknown
+            put(p, on)
+            return
+        if p["type"] == "other" or p["nargs"] != 1:
+            raise _Unknown
+        if inline is None:
+            if not rest:
+                raise _Unknown
+            inline = rest.pop(0)
+        put(p, _convert(p, inline))
+
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            positional += rest
+            break
+        if arg[:1] != "-" or arg == "-":
+            positional.append(arg)
+        elif arg.startswith("--"):
+            opt, eq, inline = arg.partition("=")
+            if opt not in options:
+                raise _Unknown
+            take(*options[opt], inline if eq else None, rest)
+        else:
+            for i in range(1, len(arg)):
+                if f"-{arg[i]}" not in options:
+                    raise _Unknown
+                p, on = options[f"-{arg[i]}"]
+                if p["type"] == "flag":
+                    put(p, on)
+                    continue
+                take(p, on, arg[i + 1:] or None, rest)
+                break
+    arguments = [p for p in params if p["kind"] == "argument"]
+    for i, p in enumerate(arguments):
+        if p["nargs"] == -1:
+            after = sum(1 for q in arguments[i + 1:])
+            taken, positional = positional[:len(positional) - after], positional[
+                len(positional) - after:]
+            if taken:
+                from_argv.add(p["name"])
+                values[p["name"]] = [_convert(p, v) for v in taken]
+        elif p["nargs"] == 1 and positional:
+            from_argv.add(p["name"])
+            values[p["name"]] = _convert(p, positional.pop(0))
+        elif p["nargs"] != 1:
+            raise _Unknown
+    if positional:
+        raise _Unknown  # click: "Got unexpected extra argument"
+    from_elsewhere: set[str] = set()
+    for p in params:
+        name = p["name"]
+        if name in values:
+            if p["multiple"] or p["nargs"] == -1:
+                values[name] = tuple(values[name])
+            continue
+        raw = os.environ.get(p["envvar"]) if p["envvar"] else None
+        if raw:
+            if p["type"] == "flag":
+                raise _Unknown
+            values[name] = (tuple(_convert(p, v) for v in raw.split()) if p["multiple"]
+                            else _convert(p, raw))
+            from_elsewhere.add(name)
+        elif defaults and name in defaults:
+            value = defaults[name]
+            values[name] = tuple(value) if p["multiple"] else value
+            from_elsewhere.add(name)
+        else:
+            default = p["default"]
+            values[name] = tuple(default) if isinstance(default, list) else default
+    return values, from_argv, from_elsewhere
+
+
+def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
+    """The runner and its values for `xmppll ARGS`, or None: click's to answer."""
+    from xmppll.cli import _fastspec
+
+    if not args or args[0] not in _fastspec.COMMANDS or args[0] not in HANDLED:
+        return None
+    command = args[0]
+    try:
+        values, from_argv, from_elsewhere = parse(command, args[1:],
+                                                  defaults=_config_defaults(command))
+    except _Unknown:
+        return None
+    for p in _fastspec.COMMANDS[command]:
+        name = p["name"]
+        if name in HANDLED[command]:
+            continue
+        if name in TO_CLICK.get(command, ()) and name not in from_argv | from_elsewhere:
+            continue
+        if name in ARGV_TO_CLICK.get(command, ()) and name not in from_argv:
+            continue
+        return None
+    return RUNNERS[command], values
+
+
+def _config_defaults(command: str) -> Values:
+    """The config file's defaults for `command` (click's default_map), read only when
+    there is a file."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".config")
+    if not os.path.exists(os.path.join(base, "xmppll", "config.toml")):
+        return {}
+    from xmppll.cli import config
+
+    return config.default_map(config.load()).get(command, {})
+
+
+def _run(args: list[str]) -> None:
+    """Run the agent path's answer and exit, or return to let click answer."""
+    from xmppll.errors import XmpplError
+
+    try:
+        found = plan(args)
+        if found is not None:
+            import warnings
+
+            from xmppll.cli import render
+
+            warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
+        if found is None:
+            return
+        runner, values = found
+        if values.get("color") is not None:
+            from xmppll.cli import render
+
+            render.set_color(values["color"])
+        if runner(values) is STEP_ASIDE:
+            return
+    except XmpplError as exc:
+        from xmppll.cli import render
+
+        render.error(str(exc))
+        _quiet_stdout()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+def _quiet_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# --- the runners: what commands.py does when an agent answers ---------------------------
+
+def _browse(v: Values) -> Any:
+    import fnmatch
+
+    from xmppll.agent import client
+    from xmppll.cli import render
+    from xmppll.errors import UsageError
+
+    if v["timeout"] is not None and v["timeout"] <= 0:
+        raise UsageError("--timeout must be positive")
+    agent = client.any_agent()
+    if agent is None:
+        return STEP_ASIDE  # a browse of the link: zeroconf, the click CLI's job
+    emit_json = not v["as_table"] and render.wants_json(v["as_json"])
+    color = not emit_json and render.use_color()
+    pattern = v["pattern"]
+
+    def matches(peer: dict[str, Any]) -> bool:
+        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
+
+    if v["follow"]:
+        def emit(event: dict[str, Any]) -> None:
+            if matches(event):
+                if emit_json:
+                    render.write_json(event)
+                else:
+                    render.write_line(render.peer_event_line(event, color=color))
+        client.follow(agent, emit, None, v["timeout"])
+        return None
+    peers, _ = client.peers(agent, None, v["timeout"] or 3.0)
+    peers = [p for p in peers if matches(p)]
+    if emit_json:
+        for peer in peers:
+            render.write_json(peer)
+    else:
+        for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
+            render.write_line(line)
+    return None
+
+
+def _status(v: Values) -> Any:
+    from xmppll.agent import client
+    from xmppll.cli.oneshot import print_status
+
+    replies = client.status(v["name"], v["status"], v["msg"])
+    if v["quiet"] and (v["status"] is not None or v["msg"] is not None):
+        return None
+    for reply in replies:
+        print_status(reply, v["as_json"])
+    return None
+
+
+def _withdraw(v: Values) -> Any:
+    from xmppll.agent import client
+    from xmppll.cli import render
+
+    result = client.withdraw(v["name"])
+    if v["quiet"]:
+        return None
+    if render.wants_json(v["as_json"]):
+        render.write_json(result)
+    else:
+        render.write_line(render.agent_event_line(result))
+    return None
+
+
+def _send(v: Values) -> Any:
+    from xmppll import identity
+    from xmppll.agent import client
+    from xmppll.cli import oneshot, render
+    from xmppll.errors import UsageError
+
+    to, text, everyone = v["to"], v["text"], v["everyone"]
+    json_input, lines, wait = v["json_input"], v["lines"], v["wait"]
+    if v["timeout"] <= 0 or wait < 0:
+        raise UsageError("--timeout must be positive and --wait not negative")
+    if everyone and to:
+        text = (to, *text)
+        to = None
+    if not to and not everyone and not json_input:
+        raise UsageError("missing TO: name a peer, or use --all or --json")
+    if json_input and (text or lines):
+        raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
+    if v["id_"] is not None and (lines or json_input):
+        raise UsageError("--id names one message: with --lines or --json, give each "
+                         "JSON line an \"id\" instead")
+    me = identity.check_instance_name(v["from_"] or identity.default_name())
+    agent = client.sending_agent(v["from_"])
+    if agent is None:
+        return STEP_ASIDE  # standalone: resolve and connect, the click CLI's job
+    base = {"type": v["type_"], "subject": v["subject"], "thread": v["thread"],
+            "id": v["id_"]}
+    records = (oneshot.json_records(to) if json_input
+               else oneshot.text_records(to, text, lines, base))
+    target = "every peer" if everyone else (to or "the peers named on stdin")
+    what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
+    reads_stdin = json_input or lines or not text
+    with render.progress(what, enabled=not (v["quiet"] or reads_stdin)):
+        client.send(records, agent=agent, me=me, everyone=everyone, timeout=v["timeout"],
+                    wait=wait, receipt=v["receipt"], interfaces=None)
+    return None
+
+
+def _listen(v: Values) -> Any:
+    from xmppll.agent import client
+
+    agent = client.running(v["name"])
+    if not agent:
+        return STEP_ASIDE  # it starts an agent: the click CLI's job
+    import json
+
+    from xmppll import identity
+    from xmppll.agent import control, listening
+    from xmppll.agent.cursor import Cursor
+    from xmppll.cli import oneshot, render
+
+    if v["command"]:  # --exec logs a command that fails
+        oneshot.setup_logging(False)
+    emit_json = render.wants_json(v["as_json"])
+    color = not emit_json and render.use_color()
+    cursor = Cursor(identity.state_dir(agent))
+    runner = listening.Runner(v["command"]) if v["command"] else None
+    out = listening.FileOutput(_path(v["output"])) if v["output"] else None
+
+    def show(record: dict[str, Any]) -> None:
+        if emit_json:
+            render.write_json(record)
+        else:
+            render.write_line(render.stanza_line(record, color=color))
+
+    try:
+        after = cursor.get() if v["backlog"] else None
+        records = control.stream(agent, "inbox", **({"after": after} if after is not None
+                                                      else {}))
+        listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
+                          to_json=lambda r: json.dumps(r, ensure_ascii=False))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if runner:
+            runner.close()
+    return None
+
+
+def _path(value: str) -> Any:
+    from pathlib import Path
+
+    return Path(value)
+
+
+RUNNERS: dict[str, Callable[[Values], Any]] = {
+    "browse": _browse, "status": _status, "withdraw": _withdraw, "send": _send,
+    "listen": _listen,
+}
+
+
+# --- completion of peer and agent names (bash) ------------------------------------------
+
+def completing(args: list[str], incomplete: str) -> str | None:
+    """The completer ("peers", "agents", ...) of what is being typed after `xmppll
+    ARGS`, when the table says so without doubt; else None (click works it out)."""
+    from xmppll.cli import _fastspec
+
+    if not args or args[0] not in _fastspec.COMMANDS or incomplete[:1] == "-":
+        return None
+    command, words = args[0], args[1:]
+    params = _fastspec.COMMANDS[command]
+    if words and words[-1][:1] == "-" and "=" not in words[-1]:
+        option = next((p for p in params if words[-1] in p["opts"] + p["secondary"]), None)
+        if option is None:
+            return None  # a cluster of short options, or unknown
+        if option["type"] != "flag":
+            return option["complete"] if words[-1] in option["opts"] else None
+    try:
+        values, _, _ = parse(command, words)
+    except _Unknown:
+        return None
+    for p in params:  # click: the first argument without a value, or nargs=-1
+        if p["kind"] == "argument" and (values.get(p["name"]) is None or p["nargs"] == -1):
+            return p["complete"]
+    return None
+
+
+def _complete() -> None:
+    """bash's TAB on a peer or agent name, through the agent; anything else (zsh, fish,
+    option names, no agent running) returns to click's completion."""
+    if os.environ.get(COMPLETE_VAR) != "bash_complete" or "COMP_LINE" not in os.environ:
+        return
+    line = os.environ["COMP_LINE"]
+    if any(ch in line for ch in "\"'\\$`"):
+        return  # quoting: click's split_arg_string knows it
+    words = line.split()
+    if not line or line[-1].isspace() or not words:
+        args, incomplete = words[1:], ""
+    else:
+        args, incomplete = words[1:-1], words[-1]
+    which = completing(args, incomplete)
+    if which not in ("peers", "agents"):
+        return
+    from xmppll.agent import control
+
+    agents = control.running_agents()
+    if which == "agents":
+        items = [(name, "") for name in agents if name.lower().startswith(incomplete.lower())]
+    else:
+        if not agents:
+            return  # a browse of the link: click's completion does it, bounded
+        try:
+            found = control.request(agents[0], "peers",
+                                    timeout=HARD_CAP / 2)["peers"]
+        except Exception:  # noqa: BLE001 - a stuck or old agent: click's path asks the link
+            return
+        items = peer_items(found, incomplete)
+    prefix = readline_prefix(incomplete, os.environ.get("COMP_WORDBREAKS", "@:="))
+    out = []
+    for value, _help in items:
+        if prefix and value.startswith(prefix):
+            value = value[len(prefix):]
+        out.append(f"plain,{value}")
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+    os._exit(0)

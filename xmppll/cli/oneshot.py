@@ -1,0 +1,84 @@
+"""What a command does once its options are parsed, shared by the click commands
+(commands.py) and the agent path that runs without click (fast.py): no click here."""
+
+from __future__ import annotations
+
+import sys
+
+from xmppll.cli import render
+from xmppll.errors import UsageError
+
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def print_status(reply: dict[str, Any], as_json: bool | None) -> None:
+    record = {k: v for k, v in reply.items() if k not in ("v", "ok")}
+    if render.wants_json(as_json):
+        render.write_json(record)
+        return
+    msg = f"  {render.safe(record['msg'])}" if record.get("msg") else ""
+    status = render.status_word(record.get("status"), render.use_color())
+    render.write_line(f"{render.safe(record['name'])}  {status}  port {record['port']}{msg}")
+
+
+def setup_logging(verbose: bool) -> None:
+    """One line per record on stderr (the journal, under systemd), ours and the
+    libraries' alike; tracebacks only with -v: an expected condition is a sentence."""
+    import logging
+
+    class Formatter(logging.Formatter):
+        def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+            return super().formatException(ei) if verbose else ""
+
+        def format(self, record: logging.LogRecord) -> str:
+            if record.exc_info and not verbose:
+                exc = record.exc_info[1]
+                record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+                record.args = None
+                record.exc_info = record.exc_text = None
+            return super().format(record)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Formatter("xmppll: [%(relativeCreated)4d ms] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("xmppll").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def text_records(to: str | None, text: tuple[str, ...], lines: bool,
+                  base: dict[str, Any]) -> Any:
+    if text:
+        yield 0, {**base, "to": to, "body": " ".join(text)}
+        return
+    if sys.stdin.isatty() and not lines:
+        raise UsageError("no message: give TEXT, or pipe it on stdin")
+    if not lines:
+        yield 0, {**base, "to": to, "body": sys.stdin.read().removesuffix("\n")}
+        return
+    for lineno, line in enumerate(sys.stdin, 1):
+        yield lineno, {**base, "to": to, "body": line.removesuffix("\n")}
+
+
+def json_records(default_to: str | None) -> Any:
+    """JSON Lines of the stanza shape, read as they come (a pipe from `listen`)."""
+    import json
+
+    from xmppll.errors import DataError
+
+    for lineno, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"line {lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"line {lineno}: expected a JSON object")
+        if default_to and not record.get("to"):
+            record["to"] = default_to
+        if not isinstance(record.get("to"), str) or not isinstance(record.get("body"), str):
+            raise DataError(f"line {lineno}: \"to\" and \"body\" must be strings")
+        yield lineno, record
