@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x11209fbe
+SOURCES = 0x763fd8ab
 
 COMMANDS = {
     'browse': [

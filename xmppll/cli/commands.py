@@ -18,10 +18,9 @@ import click
 from xmppll import __version__
 from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
-from xmppll.cli.oneshot import json_records as _json_records
+from xmppll.cli.oneshot import Messages
 from xmppll.cli.oneshot import print_status as _print_status
 from xmppll.cli.oneshot import setup_logging as _setup_logging
-from xmppll.cli.oneshot import text_records as _text_records
 from xmppll.defaults import (
     DEFAULT_PORT,
     FILE_TIMEOUT,
@@ -534,43 +533,17 @@ def send(to: str | None, text: tuple[str, ...], from_: str | None, type_: str,
         return
     if file_name is not None:
         raise UsageError("--name names stdin sent with --file -")
-    timeout = MESSAGE_TIMEOUT if timeout is None else timeout
-    if timeout <= 0 or wait < 0:
-        raise UsageError("--timeout must be positive and --wait not negative")
-    if everyone and to:
-        text = (to, *text)
-        to = None
-    if not to and not everyone and not json_input:
-        raise UsageError("missing TO: name a peer, or use --all or --json")
-    if json_input and (text or lines):
-        raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
-    if id_ is not None and (lines or json_input):
-        raise UsageError("--id names one message: with --lines or --json, give each "
-                         "JSON line an \"id\" instead")
+    messages = Messages(locals())
     me = identity.check_instance_name(from_ or identity.default_name())
-    base = {"type": type_, "subject": subject, "thread": thread, "id": id_}
-    if chatstate is not None:
-        if json_input or lines:
-            raise UsageError("--chatstate goes with TEXT or alone, not with --json or --lines")
-        base["chatstate"] = chatstate
-    if chatstate is not None and not text:
-        records: Any = iter([(0, {**base, "to": to})])
-    else:
-        records = _json_records(to) if json_input else _text_records(to, text, lines, base)
     ifaces = _check_interfaces(interfaces)
     agent = None if ifaces else client.sending_agent(from_)
     if verbose or not agent:  # logging costs ~5 ms of imports the agent's client can skip
         _setup_logging(verbose)
-    target = "every peer" if everyone else (to or "the peers named on stdin")
-    what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
-    # Not while reading stdin: the writer of the pipe (make) may print on the terminal.
-    reads_stdin = json_input or lines or not text
-    with render.progress(what, enabled=not (quiet or verbose or reads_stdin)):
-        client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
-                    wait=wait, receipt=receipt, interfaces=ifaces, wide=_wide(dns),
-                    tls=tls)
-
-
+    with render.progress(messages.progress_text(),
+                         enabled=not (quiet or verbose or messages.reads_stdin)):
+        client.send(messages.records, agent=agent, me=me, everyone=messages.everyone,
+                    timeout=messages.timeout, wait=messages.wait, receipt=receipt,
+                    interfaces=ifaces, wide=_wide(dns), tls=tls)
 
 
 @contextlib.contextmanager

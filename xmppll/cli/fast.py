@@ -363,36 +363,17 @@ def _send(v: Values) -> Any:
     from xmppll import identity
     from xmppll.agent import client
     from xmppll.cli import oneshot, render
-    from xmppll.errors import UsageError
 
-    to, text, everyone = v["to"], v["text"], v["everyone"]
-    json_input, lines, wait = v["json_input"], v["lines"], v["wait"]
-    if v["timeout"] <= 0 or wait < 0:
-        raise UsageError("--timeout must be positive and --wait not negative")
-    if everyone and to:
-        text = (to, *text)
-        to = None
-    if not to and not everyone and not json_input:
-        raise UsageError("missing TO: name a peer, or use --all or --json")
-    if json_input and (text or lines):
-        raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
-    if v["id_"] is not None and (lines or json_input):
-        raise UsageError("--id names one message: with --lines or --json, give each "
-                         "JSON line an \"id\" instead")
+    messages = oneshot.Messages(v)
     me = identity.check_instance_name(v["from_"] or identity.default_name())
     agent = client.sending_agent(v["from_"])
     if agent is None:
         return STEP_ASIDE  # standalone: resolve and connect, the click CLI's job
-    base = {"type": v["type_"], "subject": v["subject"], "thread": v["thread"],
-            "id": v["id_"]}
-    records = (oneshot.json_records(to) if json_input
-               else oneshot.text_records(to, text, lines, base))
-    target = "every peer" if everyone else (to or "the peers named on stdin")
-    what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
-    reads_stdin = json_input or lines or not text
-    with render.progress(what, enabled=not (v["quiet"] or reads_stdin)):
-        client.send(records, agent=agent, me=me, everyone=everyone, timeout=v["timeout"],
-                    wait=wait, receipt=v["receipt"], interfaces=None)
+    with render.progress(messages.progress_text(),
+                         enabled=not (v["quiet"] or messages.reads_stdin)):
+        client.send(messages.records, agent=agent, me=me, everyone=messages.everyone,
+                    timeout=messages.timeout, wait=messages.wait, receipt=v["receipt"],
+                    interfaces=None)
     return None
 
 

@@ -82,3 +82,46 @@ def json_records(default_to: str | None) -> Any:
         if not isinstance(record.get("to"), str) or not isinstance(record.get("body"), str):
             raise DataError(f"line {lineno}: \"to\" and \"body\" must be strings")
         yield lineno, record
+
+
+class Messages:
+    """`send`'s messages as its arguments describe them, checked once for both paths:
+    where they go, the records (read from stdin as they come), the timeout."""
+
+    def __init__(self, v: dict[str, Any]) -> None:
+        from xmppll.defaults import MESSAGE_TIMEOUT
+
+        self.to, self.text, self.everyone = v["to"], v["text"], v["everyone"]
+        json_input, lines, wait = v["json_input"], v["lines"], v["wait"]
+        self.timeout = MESSAGE_TIMEOUT if v["timeout"] is None else v["timeout"]
+        self.wait = wait
+        if self.timeout <= 0 or wait < 0:
+            raise UsageError("--timeout must be positive and --wait not negative")
+        if self.everyone and self.to:
+            self.text = (self.to, *self.text)
+            self.to = None
+        if not self.to and not self.everyone and not json_input:
+            raise UsageError("missing TO: name a peer, or use --all or --json")
+        if json_input and (self.text or lines):
+            raise UsageError("--json reads messages from stdin: give no TEXT and no --lines")
+        if v["id_"] is not None and (lines or json_input):
+            raise UsageError("--id names one message: with --lines or --json, give each "
+                             "JSON line an \"id\" instead")
+        chatstate = v.get("chatstate")
+        if chatstate is not None and (json_input or lines):
+            raise UsageError("--chatstate goes with TEXT or alone, not with --json or --lines")
+        base = {"type": v["type_"], "subject": v["subject"], "thread": v["thread"],
+                "id": v["id_"], **({"chatstate": chatstate} if chatstate else {})}
+        if chatstate is not None and not self.text:
+            self.records: Any = iter([(0, {**base, "to": self.to})])
+        elif json_input:
+            self.records = json_records(self.to)
+        else:
+            self.records = text_records(self.to, self.text, lines, base)
+        # Not while reading stdin: the writer of the pipe (make) may print on the terminal.
+        self.reads_stdin = json_input or lines or not self.text
+
+    def progress_text(self) -> str:
+        target = "every peer" if self.everyone else (self.to or "the peers named on stdin")
+        return (f"waiting for {target} (--wait {self.wait:g})..." if self.wait
+                else f"sending to {target}...")
