@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -222,3 +224,60 @@ def test_both_peers_still_run(world: World) -> None:
     world.romeo()
     world.alice()
     assert not [line for line in world.agent.problems() if "traceback" in line.lower()]
+
+
+# --- the progress bar on a real terminal ---------------------------------------------------
+
+_TERMINAL_SH = """#!/bin/sh
+# Started by tmux in h4's namespace; tmux's environment is not ours, so set it all.
+{exports}
+export TERM=screen LANG=C.UTF-8 LC_ALL=C.UTF-8
+{python} -m xmppll send {to} --file {file} --wait 10
+echo "exit=$?"
+sleep 60
+"""
+
+
+def test_progress_bar_on_a_terminal(world: World) -> None:
+    """`xmppll send --file` on a tmux pane (a real tty) from h4, standalone: the bar
+    is drawn on stderr and ends at 100 %; every distinct frame captured is kept."""
+    h4 = world.h4
+    require(shutil.which("tmux") is not None, "tmux")
+    path = h4.home / "on-a-terminal.bin"
+    digest = make(path, 300 << 20)
+    env = {k: v for k, v in h4.env.items()
+           if k in ("HOME", "USER", "LOGNAME", "PATH", "PYTHONPATH", "VIRTUAL_ENV")
+           or k.startswith("XDG_")}
+    script = h4.home / "terminal.sh"
+    script.write_text(_TERMINAL_SH.format(
+        exports="\n".join(f"export {k}='{v}'" for k, v in env.items()),
+        python=sys.executable, to=world.agent.name, file=path))
+    script.chmod(0o755)
+    sock = h4.home / "tmux.sock"
+    tmux = ["tmux", "-S", str(sock)]
+    done = h4.run([*tmux, "new-session", "-d", "-s", "bar", "-x", "100", "-y", "8",
+                   str(script)], timeout=20)
+    assert done.returncode == 0, done.stderr
+    frames: list[str] = []
+    try:
+        deadline = time.monotonic() + TRANSFER + 15
+        while time.monotonic() < deadline:
+            shot = h4.run([*tmux, "capture-pane", "-p", "-t", "bar"], timeout=10).stdout
+            if not frames or shot != frames[-1]:
+                frames.append(shot)
+            if "exit=" in shot:
+                break
+            time.sleep(0.02)
+    finally:
+        (OUT / "progress-bar-frames.txt").write_text(
+            "\n".join(f"--- frame {i}\n{f.rstrip()}" for i, f in enumerate(frames)) + "\n")
+        h4.run([*tmux, "kill-server"], timeout=10)
+    last = frames[-1]
+    assert "exit=0" in last, last
+    assert "100%" in last and "on-a-terminal.bin" in last, last
+    # A sane rate: the veth moves at most a few GB/s (it once showed 314.6 GB/s).
+    rate = re.search(r"at ([\d.]+) (B|kB|MB|GB)/s", last)
+    assert rate is not None, last
+    assert float(rate[1]) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[rate[2]] < 20e9, last
+    record = received(world, path.name, "tester@h4")
+    assert record["sha256"] == digest
