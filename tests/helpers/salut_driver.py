@@ -22,14 +22,19 @@ avatars) add a `cmd_<name>` method and, if needed, signal handlers in `_subscrib
 
 Telepathy names used: ConnectionManager `salut`, protocol `local-xmpp`, Connection
 (+ Requests, SimplePresence, ContactList, Contacts), Channel.Type.Text with
-Channel.Interface.Messages.
+Channel.Interface.Messages, Channel.Type.FileTransfer (salut moves files by
+jabber:iq:oob over HTTP; the bytes reach this driver through a unix socket salut
+opens, read or written by a thread here). File-transfer channels are never closed
+here: salut 0.8.1 aborts when its client closes one (file-transfer-facts.md).
 """
 
 import base64
 import contextlib
 import json
 import os
+import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -49,6 +54,10 @@ AVATARS = CONN + ".Interface.Avatars"
 CHANNEL = TP + ".Channel"
 TEXT = CHANNEL + ".Type.Text"
 MESSAGES = CHANNEL + ".Interface.Messages"
+FT = CHANNEL + ".Type.FileTransfer"
+FT_STATES = {0: "none", 1: "pending", 2: "accepted", 3: "open", 4: "completed",
+             5: "cancelled"}
+SOCKET_UNIX, ACCESS_LOCALHOST = 0, 0  # Socket_Address_Type, Socket_Access_Control
 PROPS = "org.freedesktop.DBus.Properties"
 HANDLE_CONTACT = 1
 STATUS = {0: "connected", 1: "connecting", 2: "disconnected"}
@@ -97,11 +106,15 @@ class Driver:
         self.seen = set()  # (channel path, pending-message-id): PendingMessages vs signal
         self.known = {}  # contact id -> presence, from PresencesChanged
         self.buffer = b""
+        self.emit_lock = threading.Lock()  # file threads emit too
+        self.accept_folder = None  # incoming files are accepted into it when set
+        self.offers = {}  # incoming file-transfer channel path -> its properties
 
     # -- plumbing
     def emit(self, event, **fields):
         fields = {"event": event, "t": time.time(), **fields}
-        self.events.write(json.dumps(fields, ensure_ascii=False) + "\n")
+        with self.emit_lock:
+            self.events.write(json.dumps(fields, ensure_ascii=False) + "\n")
 
     def reply(self, obj):
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -182,6 +195,9 @@ class Driver:
         b.add_signal_receiver(self.on_avatar_retrieved, "AvatarRetrieved", AVATARS,
                               path=self.conn_path)
 
+        b.add_signal_receiver(self.on_ft_state, "FileTransferStateChanged", FT,
+                              path_keyword="path")
+
     def on_status(self, status, reason):
         self.status = int(status)
         self.emit("status", status=STATUS.get(int(status), int(status)), reason=int(reason))
@@ -211,6 +227,14 @@ class Driver:
             target = props.get(CHANNEL + ".TargetID")
             self.emit("channel", path=str(path), type=props.get(CHANNEL + ".ChannelType"),
                       target=target, requested=props.get(CHANNEL + ".Requested"))
+            if props.get(CHANNEL + ".ChannelType") == FT and not props.get(
+                    CHANNEL + ".Requested"):
+                self.offers[str(path)] = props
+                self.emit("file-offer", path=str(path), target=target,
+                          name=props.get(FT + ".Filename"), size=props.get(FT + ".Size"),
+                          mime=props.get(FT + ".ContentType"))
+                if self.accept_folder is not None:
+                    self.accept_file(str(path))
             if props.get(CHANNEL + ".ChannelType") == TEXT:
                 self.channels.setdefault(target, str(path))
                 # Messages that arrived before our MessageReceived match was in place.
@@ -271,6 +295,59 @@ class Driver:
             if chan == str(path):
                 del self.channels[target]
         self.emit("channel-closed", path=str(path))
+
+    def on_ft_state(self, state, reason, path=None):
+        if self.conn_path is None or not str(path).startswith(self.conn_path):
+            return
+        self.emit("file-state", path=str(path), state=FT_STATES.get(int(state), int(state)),
+                  reason=int(reason))
+
+    # -- files: the bytes go through a unix socket salut opens, on a thread of ours
+    def accept_file(self, path):
+        """AcceptFile on an incoming channel; a thread reads the file from salut's
+        socket (salut GETs the URL only once we connect) into accept_folder."""
+        props = self.offers.pop(path, None)
+        if props is None:
+            return
+        name = os.path.basename(props.get(FT + ".Filename") or "") or "unnamed"
+        target = os.path.join(self.accept_folder, name)
+        try:
+            address = self.proxy(path).AcceptFile(
+                dbus.UInt32(SOCKET_UNIX), dbus.UInt32(ACCESS_LOCALHOST), "", dbus.UInt64(0),
+                dbus_interface=FT, timeout=CALL_TIMEOUT)
+        except dbus.DBusException as exc:
+            self.emit("file-error", path=path, error=str(exc))
+            return
+        threading.Thread(target=self._read_file, daemon=True,
+                         args=(path, bytes(address), target)).start()
+
+    def _read_file(self, path, address, target):
+        got = 0
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
+                    open(target, "wb") as out:
+                sock.connect(address)
+                while True:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        break
+                    out.write(data)
+                    got += len(data)
+            self.emit("file-received", path=path, file=target, size=got)
+        except OSError as exc:
+            self.emit("file-error", path=path, error=str(exc), size=got)
+
+    def _write_file(self, path, address, source):
+        sent = 0
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
+                    open(source, "rb") as fh:
+                sock.connect(address)
+                sent = sock.sendfile(fh)
+            self.emit("file-provided", path=path, size=sent)
+        except OSError as exc:
+            self.emit("file-error", path=path, error=str(exc), size=sent)
 
     # -- commands
     def cmd_ping(self):
@@ -440,6 +517,37 @@ class Driver:
         self._need_conn()
         self.conn.RequestAvatars(dbus.Array([self._contact_handle(contact)], signature="u"),
                                  dbus_interface=AVATARS, timeout=CALL_TIMEOUT)
+
+    def cmd_accept_files(self, folder):
+        """From now on accept every incoming file into `folder` (and the offers
+        already waiting); each ends as a file-received (or file-error) event."""
+        self._need_conn()
+        self.accept_folder = folder
+        for path in list(self.offers):
+            self.accept_file(path)
+        return None
+
+    def cmd_send_file(self, to, file, name=None, mime="application/octet-stream"):
+        """Offer the file at `file` to `to` (a FileTransfer channel, then
+        ProvideFile); a thread writes it to salut's socket. Returns the channel path;
+        progress comes as file-state events (completed once the receiver confirmed)."""
+        self._need_conn()
+        request = dbus.Dictionary({
+            CHANNEL + ".ChannelType": FT,
+            CHANNEL + ".TargetHandleType": dbus.UInt32(HANDLE_CONTACT),
+            CHANNEL + ".TargetID": to,
+            FT + ".Filename": name or os.path.basename(file),
+            FT + ".Size": dbus.UInt64(os.path.getsize(file)),
+            FT + ".ContentType": mime,
+        }, signature="sv")
+        path, _props = self.conn.CreateChannel(request, dbus_interface=REQUESTS,
+                                               timeout=CALL_TIMEOUT)
+        address = self.proxy(path).ProvideFile(
+            dbus.UInt32(SOCKET_UNIX), dbus.UInt32(ACCESS_LOCALHOST), "",
+            dbus_interface=FT, timeout=CALL_TIMEOUT)
+        threading.Thread(target=self._write_file, daemon=True,
+                         args=(str(path), bytes(address), file)).start()
+        return str(path)
 
     def cmd_quit(self):
         GLib.idle_add(self.shutdown)

@@ -88,6 +88,10 @@ _DBUS_DEST = "im.pidgin.purple.PurpleService"
 _DBUS_PATH = "/im/pidgin/purple/PurpleObject"
 _DBUS_IFACE = "im.pidgin.purple.PurpleInterface"
 _PORT_LINE = re.compile(r"bonjour: Bound IPv4 socket to port (\d+)")
+# libpurple's file-transfer signals on D-Bus, each with the xfer's id (int32).
+FILE_SIGNALS = ("FileRecvRequest", "FileRecvStart", "FileRecvComplete", "FileRecvCancel",
+                "FileSendStart", "FileSendComplete", "FileSendCancel")
+_SIGNAL_LINE = re.compile(r"^signal .*member=(\w+)$")
 
 
 class Finch:
@@ -142,7 +146,8 @@ class Finch:
         # The monitor must run before finch: a signal sent before it connects is lost.
         self.monitor = self.host.popen(
             ["dbus-monitor", "--address", self.bus.address,
-             f"type='signal',interface='{_DBUS_IFACE}',member='ReceivedImMsg'"],
+             *(f"type='signal',interface='{_DBUS_IFACE}',member='{member}'"
+               for member in ("ReceivedImMsg", *FILE_SIGNALS))],
             stderr=subprocess.DEVNULL,
         )
         self.signals = Lines(self.monitor.stdout)
@@ -460,3 +465,60 @@ def _bytes_from_dbus_send(lines: list[str]) -> bytes:
         return bytes(int(tok, 16) for tok in inner.split())
     start = text.index('"') + 1
     return text[start:text.rindex('"')].encode("latin-1")
+
+    # -- files (file-transfer-facts.md: SI + SOCKS5 bytestreams only)
+    def file_signals(self) -> list[tuple[str, int]]:
+        """Every file-transfer signal so far, oldest first: (member, xfer id)."""
+        assert self.signals is not None
+        lines = list(self.signals.lines)
+        found = []
+        for i, line in enumerate(lines[:-1]):
+            m = _SIGNAL_LINE.match(line)
+            if m and m.group(1) in FILE_SIGNALS:
+                arg = lines[i + 1].split()
+                if len(arg) == 2 and arg[0] == "int32":
+                    found.append((m.group(1), int(arg[1])))
+        return found
+
+    def wait_file_signal(self, member: str, xfer: int | None = None, *, after: int = 0,
+                         timeout: float = 20.0) -> int:
+        """The xfer id of the first `member` signal (for `xfer` when given) among the
+        signals from index `after` on. A cancel of that xfer fails at once."""
+        def check() -> int | None:
+            for name, xid in self.file_signals()[after:]:
+                if xfer is not None and xid != xfer:
+                    continue
+                if name == member:
+                    return xid
+                if name.endswith("Cancel") and xfer is not None:
+                    raise AssertionError(f"libpurple cancelled transfer {xid} ({name})\n"
+                                         + self._tail())
+            return None
+
+        return _wait(check, timeout, f"libpurple's {member}", interval=0.1,
+                     detail=lambda: f"file signals: {self.file_signals()}\n" + self._tail())
+
+    def send_file(self, to: str, path: Path) -> int:
+        """Offer the file at `path` (in this host) to `to`, as finch's "Send File"
+        does (no prompt on the sending side); the index of the next file signal, for
+        wait_file_signal(..., after=)."""
+        before = len(self.file_signals())
+        gc = self.call_int("PurpleAccountGetConnection", f"int32:{self.account_id}")
+        self.call("ServSendFile", f"int32:{gc}", f"string:{to}", f"string:{path}")
+        return before
+
+    def receive_file(self, folder: Path, *, after: int = 0, size: int | None = None,
+                     timeout: float = 30.0) -> Path:
+        """Accept the next offered file (a FileRecvRequest from index `after` on) into
+        `folder` under its offered name, wait for FileRecvComplete and for the file to
+        be whole on disk (libpurple closes it just after the signal); its path."""
+        xfer = self.wait_file_signal("FileRecvRequest", after=after, timeout=timeout)
+        name = Path(self.call_str("PurpleXferGetFilename", f"int32:{xfer}")).name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / (name or "unnamed")
+        self.call("PurpleXferRequestAccepted", f"int32:{xfer}", f"string:{target}")
+        self.wait_file_signal("FileRecvComplete", xfer, after=after, timeout=timeout)
+        if size is not None:
+            _wait(lambda: target.exists() and target.stat().st_size == size, 10,
+                  f"{target} to hold {size} bytes", interval=0.05, detail=self._tail)
+        return target

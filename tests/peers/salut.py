@@ -10,9 +10,10 @@ delivery reports, presence, channels) appended to a JSON Lines events file.
 Its published name is `<account>@<avahi host name>`. Never send it a stream whose
 header `from` names a service that is not published: salut 0.8.1 aborts on that.
 
-To extend (files, avatars): add a `cmd_<name>` to the driver and a method here calling
-`self.call("<name>", ...)`; new signals go to the driver's `_subscribe` and come back as
-events.
+Files: `send_file` and `accept_files` (Telepathy FileTransfer channels; salut speaks
+jabber:iq:oob over HTTP). To extend (avatars): add a `cmd_<name>` to the driver and a
+method here calling `self.call("<name>", ...)`; new signals go to the driver's
+`_subscribe` and come back as events.
 """
 
 from __future__ import annotations
@@ -257,6 +258,43 @@ class Salut:
             except AssertionError:
                 if time.monotonic() >= deadline:
                     raise
+
+    # -- files (jabber:iq:oob over HTTP; file-transfer-facts.md)
+    def accept_files(self, folder: Path) -> None:
+        """Accept every incoming file into `folder` from now on (as a user clicking
+        "accept"); each ends as a "file-received" event with its path."""
+        self.call("accept_files", folder=str(folder))
+
+    def send_file(self, to: str, path: Path, name: str | None = None,
+                  mime: str = "application/octet-stream") -> str:
+        """Offer the file at `path` to `to`; the channel's path, for wait_file_state."""
+        return self.call("send_file", to=to, file=str(path), name=name, mime=mime)
+
+    def wait_file_state(self, channel: str, state: str = "completed",
+                        timeout: float = 30.0) -> dict[str, Any]:
+        """The channel's `state` event; a cancel of that channel fails at once."""
+        def check() -> dict[str, Any] | None:
+            for e in self.events("file-state"):
+                if e["path"] != channel:
+                    continue
+                if e["state"] == state:
+                    return e
+                if e["state"] == "cancelled" and state != "cancelled":
+                    raise AssertionError(f"salut cancelled {channel}: {e}\n" + self._tail())
+            return None
+
+        return _wait(check, timeout, f"salut's file transfer {channel} to be {state}",
+                     interval=0.05, detail=lambda: json.dumps(
+                         [e for e in self.events() if e["event"].startswith("file")])[-3000:]
+                     + f"\nsalut alive: {self.alive()}\n" + self._tail())
+
+    def wait_file_received(self, name: str, timeout: float = 30.0) -> Path:
+        """The path of a received file called `name`, once salut said "completed" and
+        the driver read it to the end."""
+        event = self.wait_event("file-received",
+                                lambda e: Path(e["file"]).name == name, timeout)
+        self.wait_file_state(event["path"], "completed", timeout)
+        return Path(event["file"])
 
     # -- the debug log
     def debug_text(self) -> str:

@@ -554,7 +554,10 @@ def _transfer_progress(enabled: bool) -> Any:
         yield None
         return
     bars: dict[str, Any] = {}
-    state: dict[str, Any] = {}
+    # The rate counts from the last report before bytes moved (reports come every
+    # 0.2 s, also while the offer waits), not from the bar's first report: a transfer
+    # shorter than a report period would show an absurd rate (seen on a terminal).
+    state: dict[str, Any] = {"seen": time.monotonic()}
 
     def show(_: Any) -> str:
         done, rate = state.get("done", 0), state.get("rate", 0.0)
@@ -562,6 +565,7 @@ def _transfer_progress(enabled: bool) -> Any:
 
     def report(line: dict[str, Any]) -> None:
         name, total, done = line["name"], int(line["total"]), int(line["progress"])
+        now = time.monotonic()
         bar = bars.get(name)
         if bar is None:
             for other in bars.values():
@@ -569,8 +573,11 @@ def _transfer_progress(enabled: bool) -> Any:
             bar = bars[name] = click.progressbar(
                 length=max(total, 1), file=sys.stderr, show_eta=True, show_percent=True,
                 item_show_func=show, width=24)
-            state.update(start=time.monotonic(), last=0)
-        elapsed = max(1e-3, time.monotonic() - state["start"])
+            state.update(start=state["seen"], last=0)
+        if done == 0:
+            state["start"] = now
+        state["seen"] = now
+        elapsed = max(1e-3, now - state["start"])
         state.update(name=name, done=done, rate=done / elapsed)
         bar.update(done - state["last"], current_item=name)
         state["last"] = done

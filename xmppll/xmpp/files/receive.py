@@ -173,6 +173,7 @@ class FileReceiver:
         except BaseException:
             await run_blocking(sink.discard)
             raise
+        await run_blocking(sink.hash)  # stored and the sender answered: off its clock
         return sink.result()
 
     async def _si(self, inc: Incoming, sink: Sink) -> None:

@@ -4,8 +4,12 @@ threads the copying runs on.
 
 The copying is blocking code on threads of its own pool (not the default executor,
 which the inbox's fsyncs use): sendfile on the sending side, recv_into a 1 MiB buffer
-and write on the receiving side. Memory stays flat whatever the size, and a slow or
-stalled peer holds a thread, never the event loop that delivers messages.
+and write on the receiving side. The SHA-256 of a received file is computed once it
+is stored and the sender has its answer, by reading it back (from the page cache):
+hashing in the receive loop, or on a thread beside it, cost about as much CPU as the
+copy itself and, with two busy cores, halved the throughput bench/files.py measures.
+Memory stays flat whatever the size, and a slow or stalled peer holds a thread, never
+the event loop that delivers messages.
 """
 
 from __future__ import annotations
@@ -150,8 +154,8 @@ class Reader:
 
 class Sink:
     """Received bytes written to `NAME.<token>.part` in `folder` (never a name that
-    looks complete), hashed on the way; `finish` fsyncs and links it to its final
-    name, which is never an existing file's."""
+    looks complete); `finish` fsyncs and links it to its final name, which is never an
+    existing file's; `hash` then reads it back for its SHA-256."""
 
     def __init__(self, folder: Path, name: str, size: int | None, limit: int) -> None:
         self.folder = folder
@@ -159,7 +163,7 @@ class Sink:
         self.size = size
         self.limit = size if size is not None else limit
         self.received = 0
-        self.sha = hashlib.sha256()
+        self.digest = ""
         self.path: Path | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -174,7 +178,6 @@ class Sink:
             what = "announced" if self.size is not None else "allowed (max_file_size)"
             raise ProtocolFailure(f"the sender sent more than the {self.limit} bytes "
                                   f"{what}")
-        self.sha.update(data)
         try:
             while data:
                 data = data[os.write(self.fd, data):]
@@ -214,6 +217,21 @@ class Sink:
         self.path = final
         return final
 
+    def hash(self) -> str:
+        """The SHA-256 of the stored file (after `finish`), read back in CHUNKs."""
+        assert self.path is not None, "hash() before finish()"
+        sha = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    sha.update(view[:n])
+        except OSError as exc:
+            raise IOFailure(f"cannot read back {self.path}: {exc.strerror}") from None
+        self.digest = sha.hexdigest()
+        return self.digest
+
     def discard(self) -> None:
         """A failed transfer leaves nothing behind."""
         if self.fd >= 0:
@@ -224,7 +242,7 @@ class Sink:
             os.unlink(self.part)
 
     def result(self) -> dict[str, Any]:
-        return {"path": str(self.path), "size": self.received, "sha256": self.sha.hexdigest()}
+        return {"path": str(self.path), "size": self.received, "sha256": self.digest}
 
 
 def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
