@@ -88,7 +88,9 @@ SPECS: list[dict[str, Any]] = [
     {"name": "m" * 55 + H, "txt": BASIC},  # 63 bytes: the longest label there is
 ]
 # Past what an mDNS packet may carry (RFC 6762 §17: 9000 bytes with IP and UDP
-# headers); python-zeroconf drops packets over 8966 bytes, so it is never complete.
+# headers). python-zeroconf drops packets over 8966 bytes; xmppll parses those itself
+# (avatar.py: a picture rides in such packets), so this peer may be listed: if it is,
+# its record must be exact like the others.
 TOO_BIG = {"name": "txt9k" + H, "txt": strings_of(9000)}
 
 
@@ -132,8 +134,9 @@ def check_terminal_safe(text: str) -> None:
 
 def check_records(found: dict[str, dict[str, Any]], host: Host) -> None:
     """Every hostile peer listed, each exactly as published (TXT decoded leniently)."""
-    assert set(found) == set(EXPECTED), (set(EXPECTED) ^ set(found))
-    for name, spec in EXPECTED.items():
+    big = TOO_BIG["name"]
+    assert set(found) - {big} == set(EXPECTED), (set(EXPECTED) ^ (set(found) - {big}))
+    for name, spec in [*EXPECTED.items(), *([(big, TOO_BIG)] if big in found else [])]:
         peer = found[name]
         want = peer_fields(decode_txt(rdata(spec)))
         for key, value in want.items():
@@ -157,7 +160,8 @@ def check_table(text: str, count: int) -> None:
     check_terminal_safe(text)
     lines = text.rstrip("\n").split("\n")
     assert lines[0].split() == ["NAME", "STATUS", "ADDRESS", "PORT", "TLS", "MESSAGE"]
-    assert len(lines) == 1 + count, text
+    rows = [line for line in lines[1:] if not line.startswith(TOO_BIG["name"])]  # may be
+    assert len(rows) == count, text
     for needle in ("\\x1b[2J", "\\x1b]0;pwned\\x07title", "\\u202eevil", "line1\\x0aline2",
                    "nul\\x00del\\x7fc1\\x85", "🎉 party", "j.doe@hostile", "\ufffd"):
         assert needle in text, (needle, text)
@@ -250,12 +254,11 @@ def test_hostile_records_are_listed_valid_and_terminal_safe(lan: Lan) -> None:
         time.sleep(0.1)
     check_event_lines(list(text_lines.lines))
 
-    # One-shot browse on the link. The 9000-byte peer never completes, so the browse
-    # waits for it until its --timeout, then lists the others.
+    # One-shot browse on the link; the 9000-byte peer may or may not complete in time,
+    # so the browse waits for it at most until its --timeout.
     done = browse(a, "--json", "--no-agent", "--timeout", "4")
     found = hostile(jsonl(done.stdout))
     check_records(found, b)
-    assert "txt9k" + H not in found
     assert not any(line.startswith("send failed") for line in responder_out.lines), \
         "the 9000-byte record never went out"
     table = browse(a, "--table", "--no-agent", "--timeout", "4").stdout

@@ -455,17 +455,6 @@ class Finch:
         elif was_offline:
             self.wait_registered(before, FINCH_READY)
 
-
-def _bytes_from_dbus_send(lines: list[str]) -> bytes:
-    """dbus-send prints an `ay` as `array of bytes [ 89 50 4e ... ]` (hex, over several
-    lines), or as a quoted string when every byte is printable."""
-    text = " ".join(lines)
-    if "[" in text:
-        inner = text[text.index("[") + 1:text.rindex("]")]
-        return bytes(int(tok, 16) for tok in inner.split())
-    start = text.index('"') + 1
-    return text[start:text.rindex('"')].encode("latin-1")
-
     # -- files (file-transfer-facts.md: SI + SOCKS5 bytestreams only)
     def file_signals(self) -> list[tuple[str, int]]:
         """Every file-transfer signal so far, oldest first: (member, xfer id)."""
@@ -522,3 +511,14 @@ def _bytes_from_dbus_send(lines: list[str]) -> bytes:
             _wait(lambda: target.exists() and target.stat().st_size == size, 10,
                   f"{target} to hold {size} bytes", interval=0.05, detail=self._tail)
         return target
+
+
+def _bytes_from_dbus_send(lines: list[str]) -> bytes:
+    """dbus-send prints an `ay` as `array of bytes [ 89 50 4e ... ]` (hex, over several
+    lines), or as a quoted string when every byte is printable."""
+    text = " ".join(lines)
+    if "[" in text:
+        inner = text[text.index("[") + 1:text.rindex("]")]
+        return bytes(int(tok, 16) for tok in inner.split())
+    start = text.index('"') + 1
+    return text[start:text.rindex('"')].encode("latin-1")

@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x763fd8ab
+SOURCES = 0x4912ca68
 
 COMMANDS = {
     'browse': [

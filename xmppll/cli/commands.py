@@ -18,7 +18,7 @@ import click
 from xmppll import __version__
 from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
-from xmppll.cli.oneshot import Messages
+from xmppll.cli.oneshot import Messages, exit_with
 from xmppll.cli.oneshot import print_status as _print_status
 from xmppll.cli.oneshot import setup_logging as _setup_logging
 from xmppll.defaults import (
@@ -1040,14 +1040,10 @@ def main() -> None:
     except click.Abort:
         sys.exit(130)
     except XmpplError as exc:
-        render.error(str(exc))
-        _quiet_stdout()
-        sys.exit(exc.exit_code)
+        exit_with(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
-
-
 
 
 def _complete() -> None:
@@ -1067,12 +1063,3 @@ def _complete() -> None:
     os._exit(code)
 
 
-def _quiet_stdout() -> None:
-    """After a broken pipe, the interpreter's final flush of stdout would fail again
-    and print a traceback: point stdout at /dev/null first."""
-    import os
-
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -275,21 +275,12 @@ def _run(args: list[str]) -> None:
         if runner(values) is STEP_ASIDE:
             return
     except XmpplError as exc:
-        from xmppll.cli import render
+        from xmppll.cli import oneshot
 
-        render.error(str(exc))
-        _quiet_stdout()
-        sys.exit(exc.exit_code)
+        oneshot.exit_with(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
-
-
-def _quiet_stdout() -> None:
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # --- the runners: what commands.py does when an agent answers ---------------------------

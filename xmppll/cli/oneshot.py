@@ -6,11 +6,29 @@ from __future__ import annotations
 import sys
 
 from xmppll.cli import render
-from xmppll.errors import UsageError
+from xmppll.errors import UsageError, XmpplError
 
 TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
+
+
+def exit_with(exc: XmpplError) -> NoReturn:
+    """A failure as the user sees it: one line on stderr and its exit code."""
+    render.error(str(exc))
+    quiet_stdout()
+    sys.exit(exc.exit_code)
+
+
+def quiet_stdout() -> None:
+    """After a broken pipe, the interpreter's final flush of stdout would fail again
+    and print a traceback: point stdout at /dev/null first."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def print_status(reply: dict[str, Any], as_json: bool | None) -> None:

@@ -279,18 +279,26 @@ class _Outbox:
                 batch.append(self.items.popleft())
             await self._batch(batch, mode)
 
-    async def _notice(self, item: _Item) -> None:
-        """A typing notice: written on the peer's stream, in order with its messages;
-        nothing acknowledges one (it is not stored, so no receipt comes)."""
+    async def _write(self, item: _Item,
+                     dropped: Callable[[_Item, XmpplError], None]) -> Connection | None:
+        """`item` on the peer's open stream (or a new one); None when that failed, and
+        the item has been failed (or handed to `dropped`, when the connection broke)."""
         try:
             conn = await self.delivery.connection(self.peer, item.deadline)
             await conn.send([item.element])
         except XmpplError as exc:
             self._fail([item], exc)
-            return
+            return None
         except (ConnectionError, OSError) as exc:
-            self._fail([item], UnavailableError(f"{self.peer.name} dropped the connection: "
-                                                f"{exc}"))
+            dropped(item, UnavailableError(f"{self.peer.name} dropped the connection: {exc}"))
+            return None
+        return conn
+
+    async def _notice(self, item: _Item) -> None:
+        """A typing notice: written on the peer's stream, in order with its messages;
+        nothing acknowledges one (it is not stored, so no receipt comes)."""
+        conn = await self._write(item, lambda it, error: self._fail([it], error))
+        if conn is None:
             return
         self.delivery.keep(conn)
         _settle(item.done, None)
@@ -299,15 +307,8 @@ class _Outbox:
         """Write it on the peer's open stream and move on; its receipt is awaited on
         the side, so messages to one peer are pipelined on one stream."""
         expected = self.delivery.receipts.expect(item.id)
-        try:
-            conn = await self.delivery.connection(self.peer, item.deadline)
-            await conn.send([item.element])
-        except XmpplError as exc:
-            self._fail([item], exc)
-            return
-        except (ConnectionError, OSError) as exc:
-            self._retry_or_fail(item, UnavailableError(
-                f"{self.peer.name} dropped the connection: {exc}"))
+        conn = await self._write(item, self._retry_or_fail)
+        if conn is None:
             return
         self.delivery.keep(conn)
         task = asyncio.ensure_future(self._confirm(item, expected, conn))
