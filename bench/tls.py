@@ -106,7 +106,7 @@ class Side:
                        tls=tls.Tls(policy, creds if policy != "off" else None,
                                    tls.KnownPeers(state / "known_peers")))
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
-            resolve=names.resolve, stale=lambda n: None, sources=lambda: None, idle=60))
+            resolve=names.resolve, stale=lambda n: None, sources=lambda peer: None, idle=60))
         self.socks = bind_port(0, given=False)
         port = self.socks[0].getsockname()[1]
         names.table[name.lower()] = PeerInfo(name, [LOOP], port, CAPS,
