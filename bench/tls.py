@@ -110,7 +110,7 @@ class Side:
         self.socks = bind_port(0, given=False)
         port = self.socks[0].getsockname()[1]
         names.table[name.lower()] = PeerInfo(name, [LOOP], port, CAPS,
-                                             creds.pin if policy != "off" else None)
+                                             pin=creds.pin if policy != "off" else None)
 
     async def start(self) -> Side:
         await self.hub.serve(self.socks)
