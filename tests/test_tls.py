@@ -92,6 +92,23 @@ def test_a_key_is_made_once_private_and_its_pin_fits_the_txt(tmp_path: Path) -> 
     assert TLS_KEY == tls.TXT_KEY
 
 
+def test_a_one_shot_send_uses_the_key_its_agent_made_and_makes_none(tmp_path: Path) -> None:
+    """The transient presence of a one-shot `send` advertises the name's key when its
+    agent made one (peers that met the agent would take a keyless presence for a
+    downgrade), and the one-shot proves it; a name without a key gets none."""
+    from xmppll.agent.sending import transient_presence
+
+    assert tls.Credentials.load(tmp_path / "tls") is None
+    assert not (tmp_path / "tls").exists(), "a one-shot send makes no key"
+    assert peer_fields(decode_txt(encode_txt(transient_presence(5298, None))))["tls"] is None
+    made = tls.Credentials.load_or_create(tmp_path / "tls", "juliet@capulet")
+    loaded = tls.Credentials.load(tmp_path / "tls")
+    assert loaded is not None and loaded.der == made.der
+    fields = peer_fields(decode_txt(encode_txt(transient_presence(5298, loaded))))
+    assert fields["tls"] == made.pin and fields["status"] == "avail"
+    assert tls.Tls("prefer", loaded, tls.KnownPeers(tmp_path / "known")).offers
+
+
 def test_known_peers_first_use_then_change_only_by_trust(tmp_path: Path) -> None:
     known = tls.KnownPeers(tmp_path / "known_peers")
     t = tls.Tls("prefer", None, known)
