@@ -635,7 +635,7 @@ class Connection:
         if self._sealed:
             log.debug("stream %s: %d bytes after the end of our stream dropped", self, len(data))
             return False
-        if data == CLOSE or data.endswith(CLOSE):  # the closing tag, or a stream error
+        if data.endswith(CLOSE):  # the closing tag, alone or ending a stream error
             self._sealed = True
         self._out.append(data)
         self._out_size += len(data)
