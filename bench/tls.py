@@ -11,8 +11,10 @@ Two hubs of xmppll (the agent's Hub, dispatch and delivery), each with its own k
   which both keys are proven, the restart). The STARTTLS cost is the difference of the
   medians. Target: <= 3 ms per handshake.
 - messages/s over one stream, already open: N messages written one by one as delivery
-  writes them (each `Connection.send` waits for the kernel to take it), until the
-  receiver has dispatched the last; the receiver's store is a no-op so the stream,
+  writes them (each `Connection.send` queues its stanza on the connection's ordered
+  write path, which hands the transport what a loop turn queued, at most 16 KiB, in one
+  write, and waits when the transport is full), until the receiver has dispatched the
+  last; the receiver's store is a no-op so the stream,
   the parser and TLS are what is measured, not the disk. And the same through
   `Delivery.send` with XEP-0184 receipts to a real inbox (fsync'd), the agent's path.
   Target: TLS >= 0.8x plain.
@@ -106,11 +108,11 @@ class Side:
                        tls=tls.Tls(policy, creds if policy != "off" else None,
                                    tls.KnownPeers(state / "known_peers")))
         self.delivery = Delivery(self.hub, receipts, disco, Hooks(
-            resolve=names.resolve, stale=lambda n: None, sources=lambda: None, idle=60))
+            resolve=names.resolve, stale=lambda n: None, sources=lambda peer: None, idle=60))
         self.socks = bind_port(0, given=False)
         port = self.socks[0].getsockname()[1]
         names.table[name.lower()] = PeerInfo(name, [LOOP], port, CAPS,
-                                             creds.pin if policy != "off" else None)
+                                             pin=creds.pin if policy != "off" else None)
 
     async def start(self) -> Side:
         await self.hub.serve(self.socks)

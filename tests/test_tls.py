@@ -19,8 +19,10 @@ import pytest
 from test_connections import LOOP, Events, Names, RawPeer, Side, run, wait_for
 
 from xmppll.discovery.presence import TLS_KEY, Presence, decode_txt, encode_txt, peer_fields
-from xmppll.errors import SecurityError
+from xmppll.errors import SecurityError, UnavailableError
+from xmppll.xmpp import stanza as st
 from xmppll.xmpp import tls
+from xmppll.xmpp.connection import FLUSH_AT, stream_error
 from xmppll.xmpp.hub import Hub
 from xmppll.xmpp.stream import CLOSE, Stanza, StreamClose, StreamOpen, header
 
@@ -88,6 +90,23 @@ def test_a_key_is_made_once_private_and_its_pin_fits_the_txt(tmp_path: Path) -> 
     assert fields["tls"] == creds.pin
     assert peer_fields(decode_txt(encode_txt(Presence(port=5298))))["tls"] is None
     assert TLS_KEY == tls.TXT_KEY
+
+
+def test_a_one_shot_send_uses_the_key_its_agent_made_and_makes_none(tmp_path: Path) -> None:
+    """The transient presence of a one-shot `send` advertises the name's key when its
+    agent made one (peers that met the agent would take a keyless presence for a
+    downgrade), and the one-shot proves it; a name without a key gets none."""
+    from xmppll.agent.sending import transient_presence
+
+    assert tls.Credentials.load(tmp_path / "tls") is None
+    assert not (tmp_path / "tls").exists(), "a one-shot send makes no key"
+    assert peer_fields(decode_txt(encode_txt(transient_presence(5298, None))))["tls"] is None
+    made = tls.Credentials.load_or_create(tmp_path / "tls", "juliet@capulet")
+    loaded = tls.Credentials.load(tmp_path / "tls")
+    assert loaded is not None and loaded.der == made.der
+    fields = peer_fields(decode_txt(encode_txt(transient_presence(5298, loaded))))
+    assert fields["tls"] == made.pin and fields["status"] == "avail"
+    assert tls.Tls("prefer", loaded, tls.KnownPeers(tmp_path / "known")).offers
 
 
 def test_known_peers_first_use_then_change_only_by_trust(tmp_path: Path) -> None:
@@ -374,3 +393,48 @@ def test_trust_command_sets_and_forgets_a_key_without_the_network(tmp_path: Path
     done = xmppll("bob@h2", "--forget")
     assert json.loads(done.stdout) == {"name": "bob@h2", "tls": None, "was": pin}
     assert xmppll("bob@h2", "--fingerprint", "md5:xx").returncode == 64
+
+
+# --- the ordered write path: one write per turn, nothing reordered or lost -------------
+
+@pytest.mark.parametrize("policy", ["prefer", "off"])
+@pytest.mark.parametrize("end", ["close", "stream-error"])
+@run
+async def test_stanzas_written_in_one_turn_go_out_together_in_order_before_the_end(
+        names: PinNames, tmp_path: Path, policy: str, end: str) -> None:
+    """Many sends in one turn of the loop leave in a few transport writes (over TLS one
+    record each, not one per stanza), in the order they were made; the closing tag or
+    a stream error made in the same turn goes out after all of them."""
+    alice = await TlsSide("alice@h1", names, tmp_path / "a", policy=policy).start()
+    bob = await TlsSide("bob@h2", names, tmp_path / "b", policy=policy).start()
+    try:
+        conn = await alice.hub.dial(names.table["bob@h2"].target, timeout=5, sources=None)
+        assert conn.secure == (policy == "prefer")
+        accepted = await wait_for(lambda: bob.hub.usable("alice@h1"))
+        writes: list[int] = []
+        write = conn.writer.write
+        conn.writer.write = lambda data: (writes.append(len(data)), write(data))[1]
+        count = 400
+        body = "in order " + "x" * 100
+        tasks = [asyncio.ensure_future(conn.send([st.message_from_json(
+            {"to": "bob@h2", "body": body, "id": f"m{i}"}, from_="alice@h1")]))
+            for i in range(count)]
+        if end == "close":
+            tasks.append(asyncio.ensure_future(conn.finish(5, tag_expected=True)))
+        else:
+            tasks.append(asyncio.ensure_future(
+                conn._send_quietly(stream_error("policy-violation", "enough"))))
+        await asyncio.gather(*tasks)
+        await wait_for(lambda: accepted.done.is_set())
+        stored = bob.stored()
+        assert [r["id"] for r in stored] == [f"m{i}" for i in range(count)]
+        assert accepted.close_tag
+        assert accepted.error == (None if end == "close" else "policy-violation")
+        # ~60 KB in writes of at least FLUSH_AT bytes, not 401 writes.
+        assert sum(writes) > count * 100 and len(writes) <= sum(writes) // FLUSH_AT + 1
+        with pytest.raises(UnavailableError):  # nothing more may follow our end
+            await conn.send([st.message_from_json({"to": "bob@h2", "body": "late"},
+                                                  from_="alice@h1")])
+    finally:
+        await alice.close()
+        await bob.close()

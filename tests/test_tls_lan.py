@@ -98,3 +98,33 @@ def test_xmppll_streams_are_encrypted_verified_and_a_new_key_waits_for_trust(
         sniffer.stop()
         stop_gently(bob)
         stop_gently(alice.proc)
+
+
+def test_a_one_shot_send_proves_the_key_its_agent_advertised(lan: Lan) -> None:
+    """carol's agent once sent to dave, so dave knows carol's key. With her agent gone,
+    a one-shot `send` from carol is refused at first (dave runs --verify strict and
+    carol is not published), publishes a transient presence with the key her agent
+    made, and proves it on the stream: delivered, verified. A keyless presence and
+    stream were, to dave, a downgrade of a name he knows: refused again and again."""
+    a, b = lan.hosts
+    dave, out, err = listen(b, "dave@h2", "--verify", "strict")
+    err.wait_for("announced", 15)
+    carol = start_agent(a, "carol@h1")
+    try:
+        wait_until(lambda: (p := peer_on(a, "dave@h2")) and p["tls"], 10,
+                   "carol to see dave's key")
+        wait_until(lambda: (p := peer_on(b, "carol@h1")) and p["tls"], 10,
+                   "dave to see carol's key")
+        done = a.xmppll("send", "--from", "carol@h1", "dave@h2", "from the agent")
+        assert done.returncode == 0, done.stderr
+        out.wait_json(lambda r: r.get("body") == "from the agent", 15)
+        stop_gently(carol.proc)
+        wait_until(lambda: peer_on(b, "carol@h1") is None, 10, "dave to see carol leave")
+        done = a.xmppll("send", "--from", "carol@h1", "dave@h2", "one shot")
+        assert done.returncode == 0, done.stderr
+        record = out.wait_json(lambda r: r.get("body") == "one shot", 15)
+        assert (record["from"], record["verified"], record["secure"]) == (
+            "carol@h1", True, "tls")
+    finally:
+        stop_gently(dave)
+        stop_gently(carol.proc)

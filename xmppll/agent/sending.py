@@ -12,6 +12,12 @@ stream header names a service that is not published (salut-facts.md). xmppll's
 agents accept them, so a send to one costs no probe (~0.9 s). Publishing needs 5353,
 so the transient presence gets a link of its own, opened only then.
 
+The name's TLS key, when its agent made one (in its state directory), is used here too:
+the transient presence advertises it and our streams prove it. Peers that met the
+name's agent remember that key, and a presence without it, or a stream that does not
+prove it, is to them a downgrade: the sender is unverified, refused under
+`--verify strict`. A name that never had an agent has no key, and none is made here.
+
 What a peer sends us on the connection we opened is stored in our inbox like
 anything else: through the agent of our name if one runs, else directly.
 
@@ -50,7 +56,7 @@ from xmppll.xmpp.disco import Disco
 from xmppll.xmpp.dispatch import Dispatcher
 from xmppll.xmpp.hub import Hub
 from xmppll.xmpp.receipts import Receipts
-from xmppll.xmpp.tls import KnownPeers, Tls
+from xmppll.xmpp.tls import TXT_KEY, Credentials, KnownPeers, Tls
 
 log = logging.getLogger("xmppll")
 RESOLVE_TIMEOUT = 1.5  # answers come in ~0.15 s; lost ones on the 2nd query at ~1.1 s
@@ -123,8 +129,11 @@ class OneShot:
         self._held: dict[str, int] = {}  # the locks this send holds
         me = options.me
         dispatcher = Dispatcher(HandoffStore(me), lambda: me)
+        self.creds = (Credentials.load(identity.state_dir(me) / "tls")
+                      if options.tls != "off" else None)
         self.hub = Hub(me=lambda: me, peers=None, dispatcher=dispatcher,
-                       tls=Tls(options.tls, None, KnownPeers(identity.known_peers_path())))
+                       tls=Tls(options.tls, self.creds,
+                               KnownPeers(identity.known_peers_path())))
         self.delivery = Delivery(self.hub, Receipts(dispatcher), Disco(dispatcher), Hooks(
             resolve=self.resolve, stale=self.stale,
             sources=lambda peer: None if peer.domain else self.sources,
@@ -243,12 +252,21 @@ class OneShot:
         self._listener = socket.create_server(("", 0), family=socket.AF_INET6,
                                               dualstack_ipv6=True)
         port = self._listener.getsockname()[1]
-        txt = encode_txt(Presence(port=port, status="avail"))
+        txt = encode_txt(transient_presence(port, self.creds))
         self.publisher = Publisher(self.responder, rename=False)
         log.info("publishing a transient presence for %s (port %d)", opts.me, port)
         record = await self.publisher.publish(
             Publication(opts.me, f"{label}.local.", port, txt, []), host)
         self.sources = record.addresses or [a.address for a in mine]
+
+
+def transient_presence(port: int, creds: Credentials | None) -> Presence:
+    """Available, on `port`, with the name's TLS key when it has one (as its agent
+    publishes it: xmppll.agent.agent.make_tls)."""
+    presence = Presence(port=port, status="avail")
+    if creds is not None:
+        presence.extra.append((TXT_KEY, creds.pin))
+    return presence
 
 
 async def send_all(records: Iterator[tuple[int, dict[str, Any]]], options: Options,

@@ -106,6 +106,19 @@ class Credentials:
         der = ssl.PEM_cert_to_DER_cert(cert_path.read_text())
         return cls(cert_path, key_path, der)
 
+    @classmethod
+    def load(cls, directory: Path) -> Credentials | None:
+        """The certificate in `directory` if the name has one (its agent made it), else
+        None: a one-shot `send` proves the key its name advertised, never makes one."""
+        cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+        try:
+            der = ssl.PEM_cert_to_DER_cert(cert_path.read_text())
+            if not key_path.is_file():
+                return None
+        except (OSError, ValueError):
+            return None
+        return cls(cert_path, key_path, der)
+
 
 def make_certificate(name: str) -> tuple[bytes, bytes]:
     """(key PEM, certificate PEM): P-256 (the fastest handshake, tls-facts.md),
@@ -248,7 +261,8 @@ class KnownPeers:
 
 class Tls:
     """What a hub needs to encrypt: the policy, our credentials (None for a one-shot
-    send, which proves no key: its name advertises none) and the known peers."""
+    send from a name that never had an agent: it proves no key, and its name
+    advertises none) and the known peers."""
 
     def __init__(self, policy: str, creds: Credentials | None, known: KnownPeers) -> None:
         if policy not in POLICIES:
