@@ -367,6 +367,10 @@ def _send(v: Values) -> Any:
 
     to, text, everyone = v["to"], v["text"], v["everyone"]
     json_input, lines, wait = v["json_input"], v["lines"], v["wait"]
+    if v["timeout"] is None:  # no --file on this path: a message's default, as click's
+        from xmppll.defaults import MESSAGE_TIMEOUT
+
+        v["timeout"] = MESSAGE_TIMEOUT
     if v["timeout"] <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
     if everyone and to:
