@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import require
 from lan import Host, Lan, Lines, wait_until
+from peers import AvahiDaemon, missing_avahi
 
 ANNOUNCE_WAIT = 10.0
 SEEN_WAIT = 5.0  # the issue's bound: peers see a change within 5 s
@@ -203,3 +205,69 @@ def test_a_link_local_address_heard_over_ipv4_gets_its_scope(lan: Lan) -> None:
     Agent(a)
     cached, _ = until(lambda: agent_peers(a).get("v4only@h2"), SEEN_WAIT, "v4only@h2 cached")
     assert set(cached["addresses"]) == {b.ipv4, f"{b.ipv6_ll}%eth0"}
+
+
+# The conflicting host: announces `h1.local` with its own address, unprobed, as a
+# second machine configured with the same name would (coexistence-facts.md §2 e).
+CLAIM_H1 = """
+import asyncio, sys
+from zeroconf import ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+async def main():
+    azc = AsyncZeroconf()
+    info = ServiceInfo("_claim._tcp.local.", "claim._claim._tcp.local.", port=9,
+                       server="h1.local.", parsed_addresses=[sys.argv[1]])
+    await azc.async_register_service(info, cooperating_responders=True)
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def _follows_avahi_rename(lan: Lan, rename: Any) -> None:
+    require(missing_avahi() is None, f"avahi peer: {missing_avahi()}")
+    a, b, c = lan
+    avahi = AvahiDaemon(a)
+    try:
+        agent = Agent(a, "romeo@h1")
+        assert (agent.record["host"], agent.record["addresses"]) == ("h1.local", [])
+        assert browse(c)["romeo@h1"]["host"] == "h1.local"
+        start = time.monotonic()
+        rename(avahi, b)
+        avahi.log.wait_for("Host name is h1-2.local", SEEN_WAIT)
+        event = agent.out.wait_json(lambda r: r["event"] == "host", SEEN_WAIT)
+        assert (event["host"], event["from"]) == ("h1-2.local", "h1.local")
+
+        def moved() -> Peer | None:
+            peer = browse(c).get("romeo@h1")
+            return peer if peer and peer["host"] == "h1-2.local" and \
+                a.ipv4 in peer["addresses"] else None
+
+        peer, _ = until(moved, SEEN_WAIT, "romeo@h1 on h1-2.local")
+        print(f"\navahi renamed the host -> a peer's browse shows the new SRV target: "
+              f"{time.monotonic() - start:.2f} s")
+        assert b.ipv4 not in peer["addresses"]
+        info = a.xmppll("status", "--json", timeout=30)
+        assert json.loads(info.stdout)["host"] == "h1-2.local", info.stdout
+        done = c.xmppll("send", "romeo@h1", "after the rename", "--timeout", "5", timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "after the rename" in inbox_bodies(a, "romeo@h1")
+        assert agent.proc.poll() is None
+    finally:
+        avahi.stop()
+
+
+def test_beside_avahi_the_srv_follows_avahi_set_host_name(lan: Lan) -> None:
+    def rename(avahi: AvahiDaemon, _other: Host) -> None:
+        done = avahi.run(["avahi-set-host-name", "h1-2"])
+        assert done.returncode == 0, done.stderr
+
+    _follows_avahi_rename(lan, rename)
+
+
+def test_beside_avahi_the_srv_follows_a_host_name_conflict(lan: Lan) -> None:
+    def rename(_avahi: AvahiDaemon, other: Host) -> None:
+        claim = Lines(other.popen([sys.executable, "-c", CLAIM_H1, other.ipv4]).stdout)
+        claim.wait_for("ready", 10)
+
+    _follows_avahi_rename(lan, rename)

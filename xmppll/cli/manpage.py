@@ -543,6 +543,8 @@ AGENT_EVENTS: list[tuple[str, str]] = [
                  "the agent exits)."),
     ("addresses", "The host's addresses changed (DHCP, a link gone or back): `name` and "
                   "the `addresses` now announced; the ones gone got a goodbye."),
+    ("host", "The host's own responder (avahi-daemon) renamed the host: `name`, the "
+             "`host` our record now points at, and the one it pointed at (`from`)."),
     ("status", "The presence changed (`xmppll status`): `name` and the presence fields."),
     ("reloaded", "SIGHUP re-read the config file: `name` and the presence fields."),
     ("listening", "`listen --no-announce` serves `port` without publishing."),

@@ -15,6 +15,7 @@ from typing import Any
 from xmppll import identity
 from xmppll.discovery.directory import OnEvent, Peer, Published
 from xmppll.discovery.mdns.avatar import Avatars
+from xmppll.discovery.mdns.hostfollow import HostFollower
 from xmppll.discovery.mdns.link import (
     LinkScopes,
     local_addresses,
@@ -51,6 +52,7 @@ class MdnsDirectory:
         self._shared = False
         self._refresher: asyncio.Task | None = None
         self.follower: NetFollower | None = None
+        self.host_follower: HostFollower | None = None
         self.avatars: Avatars | None = None
         self.picture: bytes | None = None  # ours, announced before the phsh that names it
 
@@ -79,6 +81,8 @@ class MdnsDirectory:
             self.avatars.close()
         if self.follower is not None:
             self.follower.stop()
+        if self.host_follower is not None:
+            self.host_follower.stop()
         if self._refresher is not None:
             self._refresher.cancel()
         if self.view is not None:
@@ -127,6 +131,10 @@ class MdnsDirectory:
         record = await self.publisher.publish(Publication(name, f"{label}.local.", port, txt, []),
                                               host)
         self._published(record)
+        if self.host_follower is None:  # beside avahi: follow its host name
+            self.host_follower = HostFollower(self.azc.zeroconf, self.publisher,
+                                              self.interfaces)
+            self.host_follower.start()
         if self.follower is not None:
             self.follower.publisher = self.publisher
             self.publisher.just_woke = self.follower.clock.asleep
@@ -155,7 +163,7 @@ class MdnsDirectory:
         self._save(record)
 
     def _on_publish(self, event: dict[str, Any]) -> None:
-        if event["event"] in ("renamed", "addresses") and self.record is not None:
+        if event["event"] in ("renamed", "addresses", "host") and self.record is not None:
             self._published(self.record)
         self.on_event(event)
 

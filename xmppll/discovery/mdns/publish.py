@@ -113,7 +113,7 @@ async def choose_host(
     addresses = sorted(own, key=lambda a: (":" in a, a))
     candidate = label
     for attempt in range(2, MAX_RENAMES + 2):
-        answers = await _ask_host(zc, f"{candidate}.local.", wait=0.3 if shared else 0.15)
+        answers = await ask_host(zc, f"{candidate}.local.", wait=0.3 if shared else 0.15)
         log.info("host %s.local answered by %s", candidate, ", ".join(sorted(answers)) or
                  "nobody")
         if not answers:
@@ -124,7 +124,7 @@ async def choose_host(
     raise UnavailableError(f"no free host name found for {label}.local on this link")
 
 
-async def _ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
+async def ask_host(zc: Zeroconf, host: str, wait: float) -> set[str]:
     """Addresses anyone answers for `host` within `wait` seconds."""
     out = DNSOutgoing(0)
     for type_ in (TYPE_A, TYPE_AAAA):
@@ -336,6 +336,22 @@ class Publisher:
         if not self._held:  # else reprobe() announces them
             await self.azc.async_update_service(self._info)
         return True
+
+    async def update_server(self, server: str) -> None:
+        """The host's own responder renamed the host (avahi after a host-name
+        conflict, or `avahi-set-host-name`): our SRV follows, updated in place (its
+        cache-flush bit replaces the old one in peers' caches)."""
+        old = self.record
+        if old is None or self._info is None or old.server.lower() == server.lower():
+            return
+        self.record = Publication(old.name, server, old.port, old.txt, old.addresses)
+        self._info = self.record.info()
+        if self._watch is not None:  # our own new SRV is not a conflict
+            self._watch.record = self.record
+        self.on_event({"event": "host", "name": old.name, "host": server.rstrip("."),
+                       "from": old.server.rstrip(".")})
+        if not self._held:
+            await self.azc.async_update_service(self._info)
 
     def hold(self) -> None:
         """Stop answering for the name, silently, until `reprobe` has decided whether

@@ -14,6 +14,7 @@ import contextlib
 import random
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -89,9 +90,7 @@ class Querier:
                 qid = random.randrange(65536)
                 while qid in inflight:
                     qid = random.randrange(65536)
-                query = dns.message.make_query(*question, id=qid)
-                query.use_edns(0, payload=4096)
-                wire = query.to_wire()
+                wire = _query_wire(question, qid)
                 inflight[qid] = (question, wire, now)
                 _send(sock, wire)
             for qid, (question, wire, sent) in list(inflight.items()):
@@ -122,6 +121,20 @@ class Querier:
                     truncated.append(entry[0])
                 else:
                     answers[entry[0]] = response
+
+
+# RD set, one question; then EDNS0's OPT record: root, type 41, payload 4096, no flags.
+_HEADER = struct.Struct("!HHHHHH")
+_OPT = b"\x00\x00\x29\x10\x00" + bytes(6)
+
+
+def _query_wire(question: Question, qid: int) -> bytes:
+    """What `dns.message.make_query(name, type, id=qid)` with EDNS0 (payload 4096)
+    sends, built directly: a 500-peer browse asks 1000 questions, and dnspython's
+    message objects cost about 55 us each."""
+    name, rdtype = question
+    return (_HEADER.pack(qid, 0x0100, 1, 0, 0, 1) + name.to_wire()
+            + struct.pack("!HH", rdtype, 1) + _OPT)
 
 
 def _send(sock: socket.socket, wire: bytes) -> None:
