@@ -244,12 +244,14 @@ async def _echo(name: str, reader: asyncio.StreamReader,
         pending += chunk
 
 
-async def _one_stream(host: str, port: int, count: int, offset: int, body: str) -> int:
+async def _one_stream(host: str, port: int, count: int, offset: int, body: str,
+                      run: str) -> int:
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     writer.write(header("flood@raw", None))
     batch: list[bytes] = []
     for i in range(offset, offset + count):
-        batch.append(message("flood@raw", None, f"{body} {i}", id_=f"f{i}"))
+        # Ids unique to this run: a receiver stores a repeated (sender, id) only once.
+        batch.append(message("flood@raw", None, f"{body} {i}", id_=f"f{run}-{i}"))
         if len(batch) == 500:
             writer.write(b"".join(batch))
             batch = []
@@ -272,8 +274,9 @@ async def flood(args: argparse.Namespace) -> None:
     per = [args.count // args.streams + (i < args.count % args.streams)
            for i in range(args.streams)]
     offsets = [sum(per[:i]) for i in range(args.streams)]
+    run = f"{random.randrange(16**8):08x}"
     start = time.monotonic()
-    done = await asyncio.gather(*(_one_stream(args.host, args.port, n, off, args.body)
+    done = await asyncio.gather(*(_one_stream(args.host, args.port, n, off, args.body, run)
                                   for n, off in zip(per, offsets, strict=True)))
     seconds = time.monotonic() - start
     print(json.dumps({"messages": sum(done), "streams": args.streams,

@@ -454,7 +454,7 @@ class Connection:
                 raise Refused(f"this agent requires TLS (tls = require) and "
                               f"{self.peer or 'the sender'} sent in plain text "
                               f"({tls.PLAIN_PEERS} cannot encrypt)")
-        stored = await self.hub.dispatch(self, element, event.xml)
+        stored = await self.hub.dispatcher.dispatch(self, element, event.xml)
         if stored is not None:
             self.unstored.append(stored)
             stored.add_done_callback(self._check_stored)

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import socket
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Protocol
 
@@ -129,10 +128,6 @@ class Hub:
 
     def backlogged(self) -> bool:
         return self.dispatcher.unstored() > MAX_UNSTORED_ALL
-
-    async def dispatch(self, conn: Connection, element: ET.Element,
-                       xml: str) -> asyncio.Future | None:
-        return await self.dispatcher.dispatch(conn, element, xml)
 
     # --- opening --------------------------------------------------------------------
 
