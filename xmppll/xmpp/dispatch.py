@@ -32,7 +32,8 @@ MessageHandler = Callable[["Connection", ET.Element], bool]
 # (connection, IQ get/set) -> the reply to send, or None when the handler answers it
 # later itself (a file offer waits for `xmppll accept`; an OOB result follows the GET)
 IqHandler = Callable[["Connection", ET.Element], Awaitable[ET.Element | None]]
-# (connection, stored stanza) -> an answer to send once it is on disk, or None
+# (connection, stored stanza) -> an answer to send once it is on disk, or None; asked
+# only for stanzas with a child in the namespace it was registered for
 AfterStore = Callable[["Connection", ET.Element], ET.Element | None]
 
 
@@ -53,7 +54,7 @@ class Dispatcher:
         self.me = me
         self._message: dict[str, MessageHandler] = {}
         self._iq: dict[tuple[str, str], IqHandler] = {}
-        self._after: list[AfterStore] = []
+        self._after: dict[str, AfterStore] = {}
         self._waiting: dict[str, asyncio.Future] = {}
 
     def on_message(self, namespace: str, handler: MessageHandler) -> None:
@@ -62,8 +63,8 @@ class Dispatcher:
     def on_iq(self, type_: str, namespace: str, handler: IqHandler) -> None:
         self._iq[(type_, namespace)] = handler
 
-    def after_store(self, hook: AfterStore) -> None:
-        self._after.append(hook)
+    def after_store(self, namespace: str, hook: AfterStore) -> None:
+        self._after[namespace] = hook
 
     def unstored(self) -> int:
         return self.store.unstored()
@@ -72,15 +73,17 @@ class Dispatcher:
                        xml: str) -> asyncio.Future | None:
         """Hand one stanza on; returns the future of its storing, if it is stored."""
         kind = split_tag(element.tag)[1]
-        if kind == "message" and self._consumed(conn, element):
+        # The namespaces of its children, once: handlers and hooks are chosen by them.
+        namespaces = {split_tag(child.tag)[0] or "" for child in element}
+        if kind == "message" and self._consumed(conn, element, namespaces):
             return None
         if kind == "iq":
             answered = await self._iq_stanza(conn, element)
             if answered:
                 return None
         stored = self.store.submit(self._record(conn, element, xml), _key(conn, element))
-        for hook in self._after:
-            answer = hook(conn, element)
+        for namespace in namespaces & self._after.keys():
+            answer = self._after[namespace](conn, element)
             if answer is not None:
                 conn.write_when(stored, serialize(answer).encode())
         if kind == "iq" and st.is_iq_request(element):
@@ -89,11 +92,10 @@ class Dispatcher:
             conn.write_when(stored, serialize(st.iq_error(element, from_=self.me())).encode())
         return stored
 
-    def _consumed(self, conn: Connection, element: ET.Element) -> bool:
+    def _consumed(self, conn: Connection, element: ET.Element, namespaces: set[str]) -> bool:
         consumed = False
-        for child in element:
-            handler = self._message.get(split_tag(child.tag)[0] or "")
-            if handler is not None and handler(conn, element):
+        for namespace in namespaces & self._message.keys():
+            if self._message[namespace](conn, element):
                 consumed = True
         return consumed
 

@@ -19,7 +19,7 @@ class Receipts:
         self.me = dispatcher.me
         self.waiting: dict[str, asyncio.Future] = {}
         dispatcher.on_message(st.RECEIPTS_NS, self._received)
-        dispatcher.after_store(self._answer)
+        dispatcher.after_store(st.RECEIPTS_NS, self._answer)
 
     def expect(self, msg_id: str) -> asyncio.Future:
         """A future that completes when the receipt for `msg_id` arrives."""
