@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x4912ca68
+SOURCES = 0x36b5993c
 
 COMMANDS = {
     'browse': [

@@ -18,7 +18,7 @@ import click
 from xmppll import __version__
 from xmppll.cli import COMPLETE_VAR, keep, render
 from xmppll.cli.keep import keep_options
-from xmppll.cli.oneshot import Messages, exit_with
+from xmppll.cli.oneshot import Messages, exit_with, show_peers
 from xmppll.cli.oneshot import print_status as _print_status
 from xmppll.cli.oneshot import setup_logging as _setup_logging
 from xmppll.defaults import (
@@ -339,46 +339,15 @@ def browse(pattern: str | None, follow: bool, timeout: float | None, as_table: b
       xmppll browse --domain lan.example --no-link
       xmppll browse 'juliet@*' | jq -r .status
       xmppll browse --follow | jq -r 'select(.event=="added") | .name'"""
-    import fnmatch
-
-    if timeout is not None and timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    ifaces = _check_interfaces(interfaces)
-    emit_json = not as_table and render.wants_json(as_json)
-    color = not emit_json and render.use_color()
-
-    def matches(peer: dict[str, Any]) -> bool:
-        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
-
     from xmppll.agent import client
 
+    ifaces = _check_interfaces(interfaces)
     wide = _wide(dns)
     if no_link and wide is None:
         raise UsageError("--no-link lists only --domain peers: give --domain")
-    agent = None if no_agent or ifaces else client.any_agent()
-    if follow:
-        def emit(event: dict[str, Any]) -> None:
-            if matches(event):
-                if emit_json:
-                    render.write_json(event)
-                else:
-                    render.write_line(render.peer_event_line(event, color=color))
-        client.follow(agent, emit, ifaces, timeout, wide=wide, link=not no_link)
-        return
-    with render.progress("browsing the link...", enabled=agent is None and not no_link):
-        peers, failures = client.peers(agent, ifaces, timeout or 3.0, wide=wide,
-                                       link=not no_link)
-    peers = [p for p in peers if matches(p)]
-    if emit_json:
-        for peer in peers:
-            render.write_json(peer)
-    else:
-        for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
-            render.write_line(line)
-    for failure in failures[:-1]:
-        render.error(str(failure))
-    if failures:
-        raise failures[-1]
+    show_peers(agent=None if no_agent or ifaces else client.any_agent(), pattern=pattern,
+               follow=follow, timeout=timeout, as_table=as_table, as_json=as_json,
+               interfaces=ifaces, wide=wide, link=not no_link)
 
 
 @cli.command()

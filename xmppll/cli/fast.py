@@ -286,41 +286,14 @@ def _run(args: list[str]) -> None:
 # --- the runners: what commands.py does when an agent answers ---------------------------
 
 def _browse(v: Values) -> Any:
-    import fnmatch
-
     from xmppll.agent import client
-    from xmppll.cli import render
-    from xmppll.errors import UsageError
+    from xmppll.cli import oneshot
 
-    if v["timeout"] is not None and v["timeout"] <= 0:
-        raise UsageError("--timeout must be positive")
     agent = client.any_agent()
     if agent is None:
         return STEP_ASIDE  # a browse of the link: zeroconf, the click CLI's job
-    emit_json = not v["as_table"] and render.wants_json(v["as_json"])
-    color = not emit_json and render.use_color()
-    pattern = v["pattern"]
-
-    def matches(peer: dict[str, Any]) -> bool:
-        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
-
-    if v["follow"]:
-        def emit(event: dict[str, Any]) -> None:
-            if matches(event):
-                if emit_json:
-                    render.write_json(event)
-                else:
-                    render.write_line(render.peer_event_line(event, color=color))
-        client.follow(agent, emit, None, v["timeout"])
-        return None
-    peers, _ = client.peers(agent, None, v["timeout"] or 3.0)
-    peers = [p for p in peers if matches(p)]
-    if emit_json:
-        for peer in peers:
-            render.write_json(peer)
-    else:
-        for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
-            render.write_line(line)
+    oneshot.show_peers(agent=agent, pattern=v["pattern"], follow=v["follow"],
+                       timeout=v["timeout"], as_table=v["as_table"], as_json=v["as_json"])
     return None
 
 

@@ -143,3 +143,47 @@ class Messages:
         target = "every peer" if self.everyone else (self.to or "the peers named on stdin")
         return (f"waiting for {target} (--wait {self.wait:g})..." if self.wait
                 else f"sending to {target}...")
+
+
+def show_peers(*, agent: str | None, pattern: str | None, follow: bool,
+               timeout: float | None, as_table: bool, as_json: bool | None,
+               interfaces: list[str] | None = None, wide: Any = None,
+               link: bool = True) -> None:
+    """`browse`: the peers whose name matches the shell glob `pattern`, as JSON lines or
+    a table, once or as they change; a failing wide-area domain is said on stderr and
+    the last one raised, after the peers that could be listed."""
+    import fnmatch
+
+    from xmppll.agent import client
+
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    emit_json = not as_table and render.wants_json(as_json)
+    color = not emit_json and render.use_color()
+
+    def matches(peer: dict[str, Any]) -> bool:
+        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
+
+    if follow:
+        def emit(event: dict[str, Any]) -> None:
+            if matches(event):
+                if emit_json:
+                    render.write_json(event)
+                else:
+                    render.write_line(render.peer_event_line(event, color=color))
+        client.follow(agent, emit, interfaces, timeout, wide=wide, link=link)
+        return
+    with render.progress("browsing the link...", enabled=agent is None and link):
+        peers, failures = client.peers(agent, interfaces, timeout or 3.0, wide=wide,
+                                       link=link)
+    peers = [p for p in peers if matches(p)]
+    if emit_json:
+        for peer in peers:
+            render.write_json(peer)
+    else:
+        for line in render.peer_table(peers, color=color, max_width=render.terminal_width()):
+            render.write_line(line)
+    for failure in failures[:-1]:
+        render.error(str(failure))
+    if failures:
+        raise failures[-1]
