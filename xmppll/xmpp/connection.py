@@ -168,6 +168,9 @@ class Connection:
         self.store_failed = False
         self.last_used = asyncio.get_running_loop().time()
         self.idle_handle: asyncio.TimerHandle | None = None
+        # finish() is judging a delivery by the socket's state: the read side ending
+        # (the peer's close) must not close the socket under it.
+        self._finishing = False
         # TLS: the fingerprint the peer must show (initiating: from its TXT; None means
         # plain text is allowed), whether the stream is encrypted, and the fingerprint
         # the peer proved it holds the key of (initiating: the responder's; responding:
@@ -246,7 +249,8 @@ class Connection:
             self.done.set()
             self.header_seen.set()  # wake anyone waiting for a header that never came
             self.hub.forget(self)
-            self.abort()
+            if not self._finishing:
+                self.abort()
             for fut in self.unstored:
                 if fut.done() and not fut.cancelled():
                     fut.exception()
@@ -551,21 +555,27 @@ class Connection:
         deadline = loop.time() + timeout
         if self.done.is_set():
             self.raise_if_failed()
-        if not self.closing:
-            self.closing = True
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._write_now(CLOSE)
+        self._finishing = True
         try:
-            await asyncio.wait_for(self.done.wait(), max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            raise TimeoutFailure(f"{self.peer} did not close the stream within "
-                                 f"{timeout:g} s: delivery unconfirmed") from None
-        if self.error or self.reset or isinstance(self.failure, StreamError):
-            self.raise_if_failed()
-        if tag_expected and not self.close_tag:
-            raise UnavailableError(f"{self.peer} closed the connection without closing "
-                                   "the stream: delivery unconfirmed")
-        await self._all_taken(deadline)
+            if not self.closing:
+                self.closing = True
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self._write_now(CLOSE)
+            try:
+                await asyncio.wait_for(self.done.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise TimeoutFailure(f"{self.peer} did not close the stream within "
+                                     f"{timeout:g} s: delivery unconfirmed") from None
+            if self.error or self.reset or isinstance(self.failure, StreamError):
+                self.raise_if_failed()
+            if tag_expected and not self.close_tag:
+                raise UnavailableError(f"{self.peer} closed the connection without "
+                                       "closing the stream: delivery unconfirmed")
+            await self._all_taken(deadline)
+        finally:
+            self._finishing = False
+            if self.done.is_set():
+                self.abort()
 
     async def _all_taken(self, deadline: float) -> None:
         """A TCP close says the peer read what we sent only if nothing we sent was
