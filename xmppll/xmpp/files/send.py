@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmppll.addresses import normalize
-from xmppll.errors import ProtocolFailure, TimeoutFailure, UnavailableError, XmpplError
+from xmppll.errors import (
+    ProtocolFailure,
+    SecurityError,
+    TimeoutFailure,
+    UnavailableError,
+    XmpplError,
+)
 from xmppll.xmpp import stanza as st
 from xmppll.xmpp.caps import CAPS_NODE
 from xmppll.xmpp.connection import Connection
@@ -206,6 +212,8 @@ class FileSender:
                 await serving
             listener.close()
         if reply.get("type") == "error":
+            if isinstance(server.failure, SecurityError):
+                raise server.failure  # our side of the TLS handshake says it best
             condition, _, text = si.error_of(reply)
             why = f" ({text})" if text else f" ({condition})"
             if si.declined(reply):
