@@ -5,8 +5,9 @@ TCP copy of the same file between the same two hosts, in one run.
     sudo .venv/bin/python bench/files.py [--size-mb 1024] [--runs 5] [--to DIR]
 
 Builds its own LAN of network namespaces (tests/lan.py; needs root): the receiving
-agent `alice@h1` (`--accept-files always`) and the sending agent `bob@h2`. Each run
-times, from process spawn:
+agent `alice@h1` (`--accept-files always`) and the sending agent `bob@h2`, both with
+`--tls off`, and the same two with their keys (`alice-tls@h1`, `bob-tls@h2`: the file
+goes inside TLS, issue 13). Each run times, from process spawn:
 - `raw`: a Python receiver already listening on h1 (recv_into a 1 MiB buffer, write,
   fsync: what the agent does, without the hash) and a sender spawned on h2
   (sendfile), until the receiver has fsync'd;
@@ -14,7 +15,8 @@ times, from process spawn:
   agent) until it exits: it succeeds only once alice has every byte stored and
   fsync'd (S5B: her close after the fsync; OOB: her iq result after it);
 - the same, until alice's inbox says `received`: that record carries the file's
-  SHA-256, which she computes after answering the sender.
+  SHA-256, which she computes after answering the sender;
+- `si`/`oob` over TLS: the send between the agents with keys, until it exits.
 Both receivers write under h1's home (on disk: the fsync of 1 GiB is most of the time
 and varies with the machine's other I/O), or under `--to DIR` (/dev/shm takes the disk
 out and leaves the network and CPU). Throughput is size / median time; the ratio is
@@ -137,15 +139,15 @@ def inbox_received(host: Host, agent: Agent, name: str) -> dict | None:
     return None
 
 
-def xmppll_copy(h1: Host, h2: Host, alice: Agent, source: Path, method: str, run: int,
-                size: int) -> tuple[float, float]:
+def xmppll_copy(h1: Host, h2: Host, alice: Agent, bob: Agent, source: Path, method: str,
+                run: int, size: int) -> tuple[float, float]:
     """(seconds until `send` exits, seconds until the `received` record)."""
-    name = f"{method}-{run}.bin"
+    name = f"{method}-{bob.name}-{run}.bin"
     link = source.with_name(name)  # a name per transfer (--name is for stdin only)
     os.link(source, link)
     start = time.monotonic()
-    done = h2.xmppll("send", alice.name, "--file", str(link), "--method", method,
-                     timeout=TIMEOUT)
+    done = h2.xmppll("send", "--from", bob.name, alice.name, "--file", str(link),
+                     "--method", method, timeout=TIMEOUT)
     link.unlink()
     sent = time.monotonic() - start
     if done.returncode:
@@ -182,34 +184,45 @@ def main() -> None:
         folder = (args.to or h1.home) / f"files-bench-{net.runid}"
         folder.mkdir(parents=True)
         alice = start_agent(h1, "alice@h1", "--accept-files", "always", "--download-dir",
-                            str(folder), "--max-file-size", str(size))
-        bob = start_agent(h2, "bob@h2")
+                            str(folder), "--max-file-size", str(size), "--tls", "off")
+        bob = start_agent(h2, "bob@h2", "--tls", "off")
+        alice_tls = start_agent(h1, "alice-tls@h1", "--accept-files", "always",
+                                "--download-dir", str(folder), "--max-file-size", str(size))
+        bob_tls = start_agent(h2, "bob-tls@h2")
+        agents = (alice, bob, alice_tls, bob_tls)
         try:
             source = h2.home / "big.bin"
             make_file(source, size)
-            idle = {a.name: peak_rss_mb(a.proc.pid)[0] for a in (alice, bob)}
+            idle = {a.name: peak_rss_mb(a.proc.pid)[0] for a in agents}
             raw = Row("raw TCP copy (python, sendfile -> write + fsync)", size)
             rows = [raw, Row("xmppll SI + SOCKS5 (send exits)", size, baseline=raw),
                     Row("xmppll OOB over HTTP (send exits)", size, baseline=raw),
                     Row("xmppll SI, until the record with SHA-256", size, baseline=raw),
-                    Row("xmppll OOB, until the record with SHA-256", size, baseline=raw)]
+                    Row("xmppll OOB, until the record with SHA-256", size, baseline=raw),
+                    Row("xmppll SI + SOCKS5 inside TLS (send exits)", size, baseline=raw),
+                    Row("xmppll OOB over HTTPS (send exits)", size, baseline=raw)]
 
-            def xmppll_step(method: str, sent: Row, recorded: Row) -> Callable[[int], None]:
+            def xmppll_step(method: str, sent: Row, recorded: Row | None,
+                            pair: tuple[Agent, Agent]) -> Callable[[int], None]:
                 def step(run: int) -> None:
-                    a, b = xmppll_copy(h1, h2, alice, source, method, run, size)
+                    a, b = xmppll_copy(h1, h2, pair[0], pair[1], source, method, run, size)
                     sent.seconds.append(a)
-                    recorded.seconds.append(b)
+                    if recorded is not None:
+                        recorded.seconds.append(b)
                 return step
 
             steps = [lambda run: raw.seconds.append(raw_copy(h1, h2, source, size, folder)),
-                     xmppll_step("si", rows[1], rows[3]),
-                     xmppll_step("oob", rows[2], rows[4])]
+                     xmppll_step("si", rows[1], rows[3], (alice, bob)),
+                     xmppll_step("oob", rows[2], rows[4], (alice, bob)),
+                     xmppll_step("si", rows[5], None, (alice_tls, bob_tls)),
+                     xmppll_step("oob", rows[6], None, (alice_tls, bob_tls))]
             for run in range(args.runs):
-                for step in steps[run % 3:] + steps[:run % 3]:  # no method always first
+                k = run % len(steps)
+                for step in steps[k:] + steps[:k]:  # no method always first
                     step(run)
-            peaks = {a.name: peak_rss_mb(a.proc.pid) for a in (alice, bob)}
+            peaks = {a.name: peak_rss_mb(a.proc.pid) for a in agents}
         finally:
-            for agent in (alice, bob):
+            for agent in agents:
                 stop_gently(agent.proc)
             shutil.rmtree(folder, ignore_errors=True)
     load = os.getloadavg()
@@ -221,7 +234,7 @@ def main() -> None:
     print_table(["agent", "peak RSS (VmHWM) MB", "RSS at the end MB", "VmHWM before MB"],
                 [_Cells([name, f"{hwm:.1f}", f"{rss:.1f}", f"{idle[name]:.1f}"])
                  for name, (hwm, rss) in peaks.items()])
-    worst_ratio = min(r.rate() / raw.rate() for r in rows[1:3])
+    worst_ratio = min(r.rate() / raw.rate() for r in rows[1:3])  # the plain ones
     worst_rss = max(hwm for hwm, _ in peaks.values())
     ok = worst_ratio >= RATIO_TARGET and worst_rss <= RSS_TARGET_MB
     print(f"\ntargets: ratio of the transfer >= {RATIO_TARGET} (worst {worst_ratio:.2f}), "

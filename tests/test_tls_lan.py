@@ -6,6 +6,7 @@ policies) are in test_tls.py.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -128,3 +129,57 @@ def test_a_one_shot_send_proves_the_key_its_agent_advertised(lan: Lan) -> None:
     finally:
         stop_gently(dave)
         stop_gently(carol.proc)
+
+
+def flows(records: list[dict[str, Any]]) -> dict[tuple, bytes]:
+    """Each captured TCP direction's payload, in sequence order, duplicates dropped."""
+    segments: dict[tuple, dict[int, bytes]] = {}
+    for r in records:
+        if r.get("proto") == "tcp" and r["data"]:
+            key = (r["src"], r["sport"], r["dst"], r["dport"])
+            segments.setdefault(key, {})[r["seq"]] = bytes.fromhex(r["data"])
+    return {key: b"".join(data for _, data in sorted(segs.items()))
+            for key, segs in segments.items()}
+
+
+@pytest.mark.parametrize("method", ["si", "oob"])
+def test_files_between_xmppll_peers_cross_the_link_only_encrypted(
+        lan: Lan, tmp_path: Path, method: str) -> None:
+    """Two agents with pinned keys; bob sends alice a file holding a known marker many
+    times over: the capture on alice's link holds all of the transfer's bytes, and not
+    one marker, nor any slice of the file, in clear."""
+    a, b = lan.hosts
+    alice = start_agent(a, f"alice-{method}@h1", "--accept-files", "always",
+                        "--download-dir", str(a.home / "dl"))
+    bob = start_agent(b, f"bob-{method}@h2")
+    sniffer = Sniffer(a, tmp_path / "capture.jsonl")
+    try:
+        wait_until(lambda: (p := peer_on(b, f"alice-{method}@h1")) and p["tls"], 10,
+                   "bob to see alice's key")
+        wait_until(lambda: (p := peer_on(a, f"bob-{method}@h2")) and p["tls"], 10,
+                   "alice to see bob's key")
+        marker = b"FILE-MARKER-" + secrets.token_hex(8).encode()
+        noise = secrets.token_bytes(1 << 20)
+        data = b"".join(marker + noise[i:i + 65536] for i in range(0, len(noise), 65536))
+        path = b.home / f"secret-{method}.bin"
+        path.write_bytes(data)
+        done = b.xmppll("send", "--from", f"bob-{method}@h2", f"alice-{method}@h1",
+                        "--file", str(path), "--method", method, timeout=60)
+        assert done.returncode == 0, done.stderr
+        got = wait_until(lambda: [p for p in (a.home / "dl").rglob(path.name)], 20,
+                         "the file in alice's folder")
+        assert got[0].read_bytes() == data
+        inbox = Path(a.env["XDG_STATE_HOME"]) / "xmppll" / f"alice-{method}@h1" / "inbox.jsonl"
+        offered = [r for r in map(json.loads, inbox.read_text().splitlines())
+                   if r.get("kind") == "file" and r["state"] == "offered"]
+        assert offered[-1]["tls"] is True and offered[-1]["method"] == method
+        sniffer.stop()
+        captured = flows(sniffer.records())
+        assert sum(map(len, captured.values())) > len(data), "the transfer was captured"
+        for wire in captured.values():
+            assert marker not in wire, "file bytes crossed the link in clear"
+            assert noise[4096:4160] not in wire
+    finally:
+        sniffer.stop()
+        stop_gently(bob.proc)
+        stop_gently(alice.proc)

@@ -45,15 +45,15 @@ HANDLED = {
     "status": {"status", "msg", "name", "as_json", "quiet", "color"},
     "withdraw": {"name", "as_json", "quiet"},
     "send": {"to", "text", "from_", "type_", "subject", "thread", "receipt", "id_",
-             "timeout", "wait", "json_input", "lines", "everyone", "quiet"},
+             "timeout", "wait", "json_input", "lines", "everyone", "quiet", "files",
+             "file_name", "method"},
     "listen": {"name", "backlog", "command", "output", "as_json", "quiet", "color"},
 }
 TO_CLICK = {
     "browse": {"no_agent", "no_link", "interfaces", "domains", "dns_server"},
     "status": {"interfaces", "avatar", "no_avatar"},
     "withdraw": {"stale", "interfaces", "domains", "dns_server", "tsig_key"},
-    "send": {"interfaces", "domains", "dns_server", "verbose", "files", "file_name",
-             "method", "chatstate", "tls"},
+    "send": {"interfaces", "domains", "dns_server", "verbose", "chatstate", "tls"},
     "listen": {"interfaces", "verbose", "chatstates"},
 }
 # listen's options for the agent it starts when none runs: unused when one does, so
@@ -328,6 +328,10 @@ def _send(v: Values) -> Any:
     from xmppll.agent import client
     from xmppll.cli import oneshot, render
 
+    if v["files"]:
+        return _send_files(v)
+    if v["file_name"] is not None:
+        return STEP_ASIDE  # a usage error: click says it
     messages = oneshot.Messages(v)
     me = identity.check_instance_name(v["from_"] or identity.default_name())
     agent = client.sending_agent(v["from_"])
@@ -338,6 +342,38 @@ def _send(v: Values) -> Any:
         client.send(messages.records, agent=agent, me=me, everyone=messages.everyone,
                     timeout=messages.timeout, wait=messages.wait, receipt=v["receipt"],
                     interfaces=None)
+    return None
+
+
+def _send_files(v: Values) -> Any:
+    """`send --file` through the agent, as commands._send_files does it, when nothing
+    needs click: no usage error to explain, no progress bar (click's) on a terminal.
+    Importing click and the commands was most of a send's fixed cost (bench/files.py)."""
+    from xmppll.defaults import FILE_TIMEOUT
+
+    files, to, text, everyone = v["files"], v["to"], v["text"], v["everyone"]
+    timeout = FILE_TIMEOUT if v["timeout"] is None else v["timeout"]
+    if everyone and to:
+        text, to = (to, *text), None
+    if (timeout <= 0 or v["wait"] < 0 or (not to and not everyone) or files.count("-") > 1
+            or (v["file_name"] is not None and "-" not in files)
+            or (not v["quiet"] and sys.stderr.isatty())):
+        return STEP_ASIDE
+    from xmppll import identity
+    from xmppll.agent import client
+
+    me = identity.check_instance_name(v["from_"] or identity.default_name())
+    agent = client.sending_agent(v["from_"])
+    if agent is None:
+        return STEP_ASIDE  # standalone: the click CLI's job
+    if text:
+        client.send(iter([(0, {"to": to, "body": " ".join(text)})]), agent=agent, me=me,
+                    everyone=everyone, timeout=min(timeout, 10.0), wait=v["wait"],
+                    receipt=False, interfaces=None)
+    shown = [v["file_name"] if f == "-" else None for f in files]
+    client.send_files(list(files), shown, agent=agent, me=me, to=to, everyone=everyone,
+                      timeout=timeout, wait=v["wait"], method=v["method"], interfaces=None,
+                      report=None)
     return None
 
 

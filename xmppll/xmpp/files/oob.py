@@ -6,6 +6,9 @@ could not fetch).
 The server serves one file at one path, GET only (501 otherwise, 404 for another
 path), with Content-Length and sendfile. The client reads Content-Length bodies,
 chunked ones (salut sends both headers: chunked wins) and bodies ended by the close.
+Between two xmppll peers whose stream proved both pinned keys, the URL is https://
+and the server is TLS with our key, requiring the receiver's (sockets.secure); the
+receiver checks ours against our pin. Others only ever get http:// URLs.
 Blocking code on the file threads; sockets come from files.sockets.
 """
 
@@ -39,6 +42,7 @@ class Offered:
     size: int | None
     mime: str
     desc: str | None
+    tls: bool = False  # https://: only between xmppll peers with pinned keys
 
 
 def url_host(address: str) -> str:
@@ -61,7 +65,7 @@ def offer(*, to: str, from_: str, id_: str, url: str, size: int, mime: str,
 
 
 def parse_offer(iq: ET.Element) -> Offered:
-    """What an OOB offer says; DataError when it is not a file over http://."""
+    """What an OOB offer says; DataError when it is not a file over http(s)://."""
     url_el = iq.find(f"{{{OOB_NS}}}query/{{{OOB_NS}}}url")
     if url_el is None or not (url_el.text or "").strip():
         raise DataError("oob offer without a URL")
@@ -69,10 +73,10 @@ def parse_offer(iq: ET.Element) -> Offered:
         raise DataError("oob offer of something else than a file")
     url = (url_el.text or "").strip()  # iChat prefixes a newline
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DataError("oob offer whose URL is not http://HOST/...")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise DataError("oob offer with a bad port") from None
     size: int | None = None
@@ -87,7 +91,7 @@ def parse_offer(iq: ET.Element) -> Offered:
     name = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
     return Offered(url, parts.hostname, port, parts.path or "/", name, size,
                    url_el.get("mimeType") or "application/octet-stream",
-                   None if desc is None else desc.text)
+                   None if desc is None else desc.text, parts.scheme == "https")
 
 
 def _payload(request: ET.Element) -> ET.Element:
@@ -115,8 +119,9 @@ class Server:
     GET got the whole body."""
 
     def __init__(self, listener: socket.socket, path: str, source: Source,
-                 progress: Progress, stall: float) -> None:
+                 progress: Progress, stall: float, tls: sockets.Tls | None = None) -> None:
         self.listener = listener
+        self.tls = tls
         self.path = path
         self.source = source
         self.progress = progress
@@ -136,6 +141,7 @@ class Server:
             except OSError:
                 return
             try:
+                conn = sockets.secure(conn, self.tls, REQUEST_TIMEOUT)
                 self._one(conn)
             except BaseException as exc:  # noqa: BLE001 (reported to the sender)
                 self.failure = exc
@@ -172,12 +178,15 @@ class Server:
 
 
 def fetch(offered: Offered, scope: str | None, sink: Sink, progress: Progress,
-          stall: float) -> None:
-    """GET the offered URL into `sink` (which enforces the size)."""
+          stall: float, tls: sockets.Tls | None = None) -> None:
+    """GET the offered URL into `sink` (which enforces the size); https:// with `tls`."""
     sock = sockets.connect(offered.host, offered.port, scope, REQUEST_TIMEOUT)
+    sock = sockets.secure(sock, tls, REQUEST_TIMEOUT)
     try:
         sock.settimeout(REQUEST_TIMEOUT)
-        host = url_host(offered.host) + (f":{offered.port}" if offered.port != 80 else "")
+        default = 443 if offered.tls else 80
+        host = url_host(offered.host) + (f":{offered.port}" if offered.port != default
+                                         else "")
         path = urllib.parse.urlsplit(offered.url)
         target = path.path + (f"?{path.query}" if path.query else "")
         sock.sendall(f"GET {target or '/'} HTTP/1.1\r\nHost: {host}\r\n"

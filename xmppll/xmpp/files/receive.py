@@ -5,6 +5,10 @@ policy); this module answers the peer and moves the bytes into a Sink.
 Every address a peer asks us to connect to (an OOB URL's host, a SOCKS5 streamhost)
 must be the peer's own: the address its stream comes from or one it advertises.
 Anything else is refused, so a peer cannot make us fetch from a third host.
+
+Between two xmppll peers whose stream proved both pinned keys, the bytes must come
+inside TLS (the SI offer's <tls/>, an https:// URL), with the key the sender proved
+on the stream; an offer that does not match what the stream allows is refused.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from xmppll.addresses import normalize
-from xmppll.errors import DataError, TimeoutFailure, UnavailableError, XmpplError
+from xmppll.errors import DataError, SecurityError, TimeoutFailure, UnavailableError, XmpplError
 from xmppll.xmpp.connection import Connection
 from xmppll.xmpp.dispatch import Dispatcher
-from xmppll.xmpp.files import oob, si, socks5
+from xmppll.xmpp.files import oob, si, sockets, socks5
 from xmppll.xmpp.files.names import safe_name
 from xmppll.xmpp.files.transfer import Progress, Reader, Sink, receive, run_blocking, stall_timeout
 from xmppll.xmpp.hub import Hub
@@ -51,6 +55,7 @@ class Incoming:
     verified: bool | None
     sid: str | None = None
     url: oob.Offered | None = None
+    tls: sockets.Tls | None = None
     progress: Progress = field(default_factory=Progress)
 
     def to_json(self) -> dict[str, Any]:
@@ -61,6 +66,8 @@ class Incoming:
             out["offered_name"] = self.offered_name
         if self.desc:
             out["desc"] = self.desc
+        if self.tls is not None:
+            out["tls"] = True  # the bytes come inside TLS, with the pinned keys
         return out
 
 
@@ -104,7 +111,24 @@ class FileReceiver:
         inc = self._incoming(conn, iq, "si", offered.name, offered.size, offered.mime,
                              offered.desc)
         inc.sid = offered.sid
+        reason = self._tls_mismatch(inc, offered.tls)
+        if reason:
+            self.on_refused(inc, reason)
+            return si.error(iq, from_=self.me, condition="not-acceptable", type_="cancel",
+                            code="406", text=reason)
         self.on_offer(inc)
+        return None
+
+    def _tls_mismatch(self, inc: Incoming, offered_tls: bool) -> str | None:
+        """Sets inc.tls; the reason to refuse when the offer's TLS is not what the
+        stream allows (both ends decide alike from the keys the stream proved)."""
+        inc.tls = sockets.pinned(self.hub.tls, inc.conn, server_side=False)
+        if offered_tls and inc.tls is None:
+            return (f"{inc.sender} offered a file over TLS, but its stream did not prove "
+                    "the keys of both ends: refused")
+        if not offered_tls and inc.tls is not None:
+            return (f"{inc.sender} offered a file in plain text on an encrypted stream: "
+                    "refused")
         return None
 
     async def _oob_offer(self, conn: Connection, iq: ET.Element) -> ET.Element | None:
@@ -115,6 +139,10 @@ class FileReceiver:
         inc = self._incoming(conn, iq, "oob", offered.name, offered.size, offered.mime,
                              offered.desc)
         inc.url = offered
+        mismatch = self._tls_mismatch(inc, offered.tls)
+        if mismatch:
+            self.on_refused(inc, mismatch)
+            return oob.failed(iq, from_=self.me, reason=mismatch)
         if not self.from_peer(inc, offered.host):
             reason = (f"the URL's host {offered.host} is not an address of "
                       f"{inc.sender}: refused")
@@ -205,9 +233,16 @@ class FileReceiver:
         sock, used = None, None
         for host in ours:
             try:
-                sock = await run_blocking(socks5.connect, host, inc.conn.remote.scope, dst)
+                sock = await run_blocking(socks5.connect, host, inc.conn.remote.scope, dst,
+                                          socks5.HANDSHAKE_TIMEOUT, inc.tls)
                 used = host
                 break
+            except SecurityError as exc:
+                await self._send_quietly(inc, si.error(query, from_=self.me,
+                                                       condition="not-acceptable",
+                                                       type_="cancel", code="406",
+                                                       text=str(exc)))
+                raise
             except (OSError, XmpplError) as exc:
                 log.info("streamhost %s:%d of %s: %s", host.host, host.port, inc.sender, exc)
         if sock is None or used is None:
@@ -228,7 +263,7 @@ class FileReceiver:
         assert inc.url is not None
         try:
             await run_blocking(oob.fetch, inc.url, inc.conn.remote.scope, sink,
-                               inc.progress, stall_timeout())
+                               inc.progress, stall_timeout(), inc.tls)
             await run_blocking(sink.finish)
         except (XmpplError, OSError) as exc:
             reason = str(exc) if isinstance(exc, XmpplError) else f"fetch failed: {exc}"

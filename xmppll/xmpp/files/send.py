@@ -9,6 +9,10 @@ The method follows the peer (the two real families share none):
   caps node in its TXT record: Apple's iChat/Messages take OOB, everything else
   (libpurple) SI + S5B.
 
+Between two xmppll peers whose stream proved both pinned keys (sockets.pinned), the
+bytes go inside TLS: the SI offer carries <tls/> and the bytestream is wrapped after
+the SOCKS5 handshake; the OOB URL is https://. Other peers never see either.
+
 Success means the receiver has every byte: over S5B it read `size` bytes and closed
 its end with nothing of ours unread; over OOB its iq result came after the GET.
 """
@@ -25,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmppll.addresses import normalize
-from xmppll.errors import ProtocolFailure, TimeoutFailure, UnavailableError, XmpplError
+from xmppll.errors import (
+    ProtocolFailure,
+    SecurityError,
+    TimeoutFailure,
+    UnavailableError,
+    XmpplError,
+)
 from xmppll.xmpp import stanza as st
 from xmppll.xmpp.caps import CAPS_NODE
 from xmppll.xmpp.connection import Connection
@@ -115,8 +125,10 @@ class FileSender:
     async def _si(self, conn: Connection, peer: PeerInfo, source: Source, deadline: float,
                   progress: Progress) -> None:
         sid = "s" + st.new_id()
+        tls = sockets.pinned(self.delivery.hub.tls, conn, server_side=True)
         offer = si.offer(to=peer.name, from_=self.me, sid=sid, name=source.name,
-                         size=source.size, mime=source.mime, desc=source.desc)
+                         size=source.size, mime=source.mime, desc=source.desc,
+                         tls=tls is not None)
         reply = await self._answer(conn, offer, deadline, source.name, peer.name)
         if si.chosen_method(reply) != socks5.BYTESTREAMS_NS:
             raise ProtocolFailure(f"{peer.name} accepted {source.name} but not over SOCKS5 "
@@ -128,7 +140,7 @@ class FileSender:
         expected = socks5.dst_addr(sid, self.me, peer.name)
         stall = stall_timeout()
         accepting = asyncio.ensure_future(run_blocking(
-            socks5.serve, listener, expected, time.monotonic() + CONNECT_WAIT))
+            socks5.serve, listener, expected, time.monotonic() + CONNECT_WAIT, tls))
         try:
             query = socks5.query(to=peer.name, from_=self.me, sid=sid, hosts=hosts)
             try:
@@ -180,9 +192,10 @@ class FileSender:
         token = st.new_id()
         path = f"/{token}/{urllib.parse.quote(source.name)}"
         host = oob.url_host(self._streamhost_addresses(conn)[0])
-        url = f"http://{host}:{port}{path}"
+        tls = sockets.pinned(self.delivery.hub.tls, conn, server_side=True)
+        url = f"{'https' if tls else 'http'}://{host}:{port}{path}"
         stall = stall_timeout()
-        server = oob.Server(listener, path, source, progress, stall)
+        server = oob.Server(listener, path, source, progress, stall, tls)
         # The server lives until the receiver's answer (or our giving up).
         serving = asyncio.ensure_future(run_blocking(server.run))
         offer = oob.offer(to=peer.name, from_=self.me, id_="o" + token, url=url,
@@ -199,6 +212,8 @@ class FileSender:
                 await serving
             listener.close()
         if reply.get("type") == "error":
+            if isinstance(server.failure, SecurityError):
+                raise server.failure  # our side of the TLS handshake says it best
             condition, _, text = si.error_of(reply)
             why = f" ({text})" if text else f" ({condition})"
             if si.declined(reply):

@@ -22,6 +22,9 @@ FEATURE_NEG_NS = "http://jabber.org/protocol/feature-neg"
 XDATA_NS = "jabber:x:data"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 CLIENT_NS = "jabber:client"
+# Between xmppll peers whose stream proved both pinned keys, the offer says the
+# bytestream will go inside TLS (<tls/> in the <si/>); only they ever see it.
+TLS_NS = "urn:xmppll:files-tls:0"
 MAX_NAME = 4096  # characters of a name we look at; the rest is noise
 
 
@@ -44,10 +47,11 @@ class Offered:
     mime: str
     desc: str | None
     methods: list[str]
+    tls: bool = False
 
 
 def offer(*, to: str, from_: str, sid: str, name: str, size: int, mime: str,
-          desc: str | None = None) -> ET.Element:
+          desc: str | None = None, tls: bool = False) -> ET.Element:
     iq = _iq("set", to=to, **{"from": from_}, id=sid)
     si = ET.SubElement(iq, f"{{{SI_NS}}}si", {"id": sid, "profile": FT_NS, "mime-type": mime})
     f = ET.SubElement(si, f"{{{FT_NS}}}file", {"name": name, "size": str(size)})
@@ -59,6 +63,8 @@ def offer(*, to: str, from_: str, sid: str, name: str, size: int, mime: str,
     option = ET.SubElement(field, f"{{{XDATA_NS}}}option")
     ET.SubElement(option, f"{{{XDATA_NS}}}value").text = BYTESTREAMS_NS
     si.append(feature)
+    if tls:
+        ET.SubElement(si, f"{{{TLS_NS}}}tls")
     return iq
 
 
@@ -80,7 +86,8 @@ def parse_offer(iq: ET.Element) -> Offered:
     methods = [v.text or "" for v in si.iter(f"{{{XDATA_NS}}}value")]
     return Offered(si.get("id") or "", (f.get("name") or "")[:MAX_NAME], size,
                    si.get("mime-type") or "application/octet-stream",
-                   None if desc is None else (desc.text or "")[:MAX_NAME], methods)
+                   None if desc is None else (desc.text or "")[:MAX_NAME], methods,
+                   si.find(f"{{{TLS_NS}}}tls") is not None)
 
 
 def accept(request: ET.Element, *, from_: str) -> ET.Element:

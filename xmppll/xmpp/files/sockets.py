@@ -1,6 +1,10 @@
 """Every socket that carries file bytes (SOCKS5 bytestreams, OOB over HTTP) is opened
-here, and nowhere else: the one place where a later STARTTLS-protected bytestream
-wraps them (`wrap`, applied to each stream socket once connected or accepted).
+here, and nowhere else, and here it gets TLS when both ends are xmppll peers whose
+stream proved their pinned keys (`pinned`, then `secure` once the SOCKS5 handshake is
+done or the HTTP connection accepted): the side that listens (the sender, streamhost
+or HTTP server) is the TLS server and requires exactly the certificate the receiver
+proved on the stream; the receiver checks the sender's certificate against its pin.
+Peers without a pin (libpurple, salut) never get TLS and keep plain transfers.
 
 These are blocking sockets, used from the file threads (transfer.run_blocking): the
 bytes go through the kernel with sendfile and large recv_into buffers, and the event
@@ -12,16 +16,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import socket
+import ssl
 import struct
 import termios
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from xmppll.addresses import normalize
+from xmppll.errors import SecurityError
 
-# A hook for STARTTLS between two xmppll peers: (socket, server_side) -> socket.
-Wrap = Callable[[socket.socket, bool], socket.socket]
-wrap: Wrap | None = None
+TLS_HANDSHAKE_TIMEOUT = 10.0
 BUFFER = 4 << 20  # socket buffers asked for: the kernel caps them at its own maximum
 
 
@@ -32,8 +38,50 @@ def _tune(sock: socket.socket) -> socket.socket:
     return sock
 
 
-def _wrapped(sock: socket.socket, server_side: bool) -> socket.socket:
-    return wrap(sock, server_side) if wrap is not None else sock
+@dataclass(frozen=True)
+class Tls:
+    """How one transfer's sockets are encrypted: the context, our side of the
+    handshake, and the check of the certificate the other end presented."""
+
+    context: ssl.SSLContext
+    server_side: bool
+    check: Callable[[bytes | None], None]
+
+
+def pinned(hub_tls: Any, conn: Any, *, server_side: bool) -> Tls | None:
+    """TLS for a transfer offered on `conn`, or None for a plain one: only when the
+    stream is encrypted, the peer proved the key it pins (conn.peer_der) and we have a
+    key to prove ours (both ends then come to the same answer)."""
+    if (hub_tls is None or hub_tls.creds is None or not conn.secure
+            or conn.peer_der is None or conn.proven is None):
+        return None
+    name, pin, der = conn.peer or str(conn.remote), conn.proven, conn.peer_der
+    context = hub_tls.server_context(der) if server_side else hub_tls.client_context()
+    return Tls(context, server_side, lambda shown: hub_tls.check(name, pin, shown))
+
+
+def secure(sock: socket.socket, tls: Tls | None,
+           timeout: float = TLS_HANDSHAKE_TIMEOUT) -> socket.socket:
+    """`sock` inside TLS (TLS 1.3, the pinned keys), or `sock` itself without `tls`;
+    SecurityError (and `sock` closed) when the other end holds another key."""
+    if tls is None:
+        return sock
+    sock.settimeout(timeout)
+    try:
+        wrapped = tls.context.wrap_socket(sock, server_side=tls.server_side)
+        try:
+            tls.check(wrapped.getpeercert(binary_form=True))
+        except BaseException:
+            wrapped.close()
+            raise
+    except (ssl.SSLError, ConnectionError) as exc:
+        sock.close()
+        raise SecurityError(f"TLS for the file transfer failed: "
+                            f"{getattr(exc, 'reason', None) or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return wrapped
 
 
 def listener() -> socket.socket:
@@ -52,7 +100,7 @@ def accept(sock: socket.socket, deadline: float) -> socket.socket:
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     conn, _ = sock.accept()
     conn.settimeout(None)
-    return _wrapped(_tune(conn), True)
+    return _tune(conn)
 
 
 def connect(host: str, port: int, scope: str | None, timeout: float) -> socket.socket:
@@ -73,7 +121,7 @@ def connect(host: str, port: int, scope: str | None, timeout: float) -> socket.s
     except BaseException:
         sock.close()
         raise
-    return _wrapped(sock, False)
+    return sock
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

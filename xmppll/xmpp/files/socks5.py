@@ -2,7 +2,8 @@
 the sender listens and offers its own addresses as streamhosts, the receiver connects
 to one of them and asks, in the CONNECT request, for the domain
 SHA1(sid + initiator + target); the sender checks that hash, so a connection from
-someone else never gets the file.
+someone else never gets the file. Between two xmppll peers with pinned keys the
+bytestream then goes inside TLS (sockets.secure): the streamhost is the TLS server.
 
 Blocking code, run on the file threads; sockets come from files.sockets.
 """
@@ -85,18 +86,22 @@ def used_jid(result: ET.Element) -> str | None:
 # --- the SOCKS5 handshakes ----------------------------------------------------------
 
 
-def serve(listener: socket.socket, expected: bytes, deadline: float) -> socket.socket:
+def serve(listener: socket.socket, expected: bytes, deadline: float,
+          tls: sockets.Tls | None = None) -> socket.socket:
     """The sender: accept connections until one asks for `expected` (others are
-    answered with a failure and closed); TimeoutError at the deadline."""
+    answered with a failure and closed); TimeoutError at the deadline. With `tls`,
+    that connection then goes inside TLS (SecurityError for another key)."""
     while True:
         conn = sockets.accept(listener, deadline)
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT)
-            if _server_handshake(conn, expected):
-                conn.settimeout(None)
-                return conn
+            done = _server_handshake(conn, expected)
         except (OSError, ProtocolFailure):
-            pass
+            done = False
+        if done:
+            conn = sockets.secure(conn, tls)
+            conn.settimeout(None)
+            return conn
         conn.close()
         if time.monotonic() >= deadline:
             raise TimeoutError
@@ -127,8 +132,10 @@ def _server_handshake(conn: socket.socket, expected: bytes) -> bool:
 
 
 def connect(host: Streamhost, scope: str | None, dst: bytes,
-            timeout: float = HANDSHAKE_TIMEOUT) -> socket.socket:
-    """The receiver: a connection to the streamhost, through the handshake."""
+            timeout: float = HANDSHAKE_TIMEOUT, tls: sockets.Tls | None = None
+            ) -> socket.socket:
+    """The receiver: a connection to the streamhost, through the handshake (then
+    TLS, with `tls`)."""
     sock = sockets.connect(host.host, host.port, scope, timeout)
     try:
         sock.settimeout(timeout)
@@ -147,8 +154,9 @@ def connect(host: Streamhost, scope: str | None, dst: bytes,
         else:
             raise ProtocolFailure("SOCKS5: unknown address type in the reply")
         recv_exact(sock, 2)
-        sock.settimeout(None)
-        return sock
     except BaseException:
         sock.close()
         raise
+    sock = sockets.secure(sock, tls, timeout)
+    sock.settimeout(None)
+    return sock

@@ -21,6 +21,7 @@ import mimetypes
 import os
 import secrets
 import socket
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from xmppll.xmpp.files.names import PART, unique_path
 
 CHUNK = 1 << 20  # receive buffer
 SEND_CHUNK = 8 << 20  # one sendfile call, between two progress updates
+TLS_CHUNK = 4 << 20  # one buffered read and TLS write (sendfile cannot encrypt)
 STALL_ENV = "XMPPLL_FILE_STALL"
 STALL = 30.0  # s without a byte moving before a transfer fails
 EXTRA_WAIT = 1.0  # s a receiver waits, after `size` bytes, for the sender's close
@@ -92,13 +94,26 @@ def send_file(sock: socket.socket, source: Source, progress: Progress, stall: fl
     unread when it closed, is a failure)."""
     sock.settimeout(stall)
     offset = 0
+    encrypted = isinstance(sock, ssl.SSLSocket)
+    buf = bytearray(TLS_CHUNK if encrypted else 0)
     try:
         while offset < source.size:
-            sent = sock.sendfile(source.file, offset, min(SEND_CHUNK, source.size - offset))
+            want = min(SEND_CHUNK, source.size - offset)
+            if encrypted:
+                # One buffer, read and encrypted in large writes: memory stays flat.
+                n = os.preadv(source.file.fileno(), [memoryview(buf)[:min(want, len(buf))]],
+                              offset)
+                if n:
+                    sock.sendall(memoryview(buf)[:n])
+                sent = n
+            else:
+                sent = sock.sendfile(source.file, offset, want)
             if not sent:
                 raise ProtocolFailure(f"{source.name} shrank while being sent")
             offset += sent
             progress.done = offset
+        # (On a TLS socket this ends TLS without a close_notify and closes TCP for
+        # writing: the receiver knows the size, so an early end is still a failure.)
         sock.shutdown(socket.SHUT_WR)
         while sock.recv(65536):
             pass  # a receiver that writes back is odd but harmless
@@ -252,6 +267,7 @@ def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
     failure (a bytestream carries one file)."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    encrypted = isinstance(reader.sock, ssl.SSLSocket)
     reader.sock.settimeout(stall)
     try:
         while length is None or sink.received < length:
@@ -262,6 +278,13 @@ def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
                     break
                 raise ProtocolFailure(f"the sender closed after {sink.received} of the "
                                       f"{length} bytes it announced")
+            while encrypted and n < want:
+                # A TLS read gives one 16 KiB record: gather a full buffer, then write
+                # it in one call (64 times fewer writes).
+                k = reader.recv_into(view[n:], want - n)
+                if not k:
+                    break
+                n += k
             sink.add(view[:n])
             progress.done = sink.received
         if until_close:
@@ -276,7 +299,7 @@ def receive(reader: Reader, sink: Sink, progress: Progress, stall: float,
     except TimeoutError:
         raise TimeoutFailure(f"the transfer stalled: nothing came for {stall:g} s "
                              f"({sink.received} bytes received)") from None
-    except ConnectionError as exc:
+    except (ConnectionError, ssl.SSLError) as exc:
         raise IOFailure(f"the sender dropped the connection after {sink.received} "
                         f"bytes: {exc}") from None
 
