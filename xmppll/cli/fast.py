@@ -363,11 +363,13 @@ def _send(v: Values) -> Any:
     from xmppll import identity
     from xmppll.agent import client
     from xmppll.cli import oneshot, render
+    from xmppll.defaults import MESSAGE_TIMEOUT
     from xmppll.errors import UsageError
 
     to, text, everyone = v["to"], v["text"], v["everyone"]
     json_input, lines, wait = v["json_input"], v["lines"], v["wait"]
-    if v["timeout"] <= 0 or wait < 0:
+    timeout = MESSAGE_TIMEOUT if v["timeout"] is None else v["timeout"]
+    if timeout <= 0 or wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
     if everyone and to:
         text = (to, *text)
@@ -391,7 +393,7 @@ def _send(v: Values) -> Any:
     what = f"waiting for {target} (--wait {wait:g})..." if wait else f"sending to {target}..."
     reads_stdin = json_input or lines or not text
     with render.progress(what, enabled=not (v["quiet"] or reads_stdin)):
-        client.send(records, agent=agent, me=me, everyone=everyone, timeout=v["timeout"],
+        client.send(records, agent=agent, me=me, everyone=everyone, timeout=timeout,
                     wait=wait, receipt=v["receipt"], interfaces=None)
     return None
 
