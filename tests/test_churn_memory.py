@@ -99,3 +99,26 @@ def test_cancelled_browser_refreshes_are_dropped() -> None:
     asyncio.run(main())
     assert len(heap) == 100 and not any(q.cancelled for q in heap)
     assert heap[0].when == min(q.when for q in heap)
+
+
+def test_dedupe_window_is_bounded_in_time_too(tmp_path) -> None:
+    """A steady 10 messages/s filled the 10,000-entry window for 17 minutes (~2 MB of
+    growth in the soak); entries older than WINDOW_AGE now go, repeats still count."""
+    from xmppll.agent.inbox import Inbox
+    from xmppll.agent.store import InboxStore
+
+    clock = [0.0]
+
+    async def main() -> InboxStore:
+        store = InboxStore(Inbox(tmp_path), age=60.0, clock=lambda: clock[0])
+        for i in range(3000):  # 10 a second for 300 s
+            clock[0] = i / 10
+            record = {"kind": "message", "from": "a@h", "id": f"m{i}", "body": "x"}
+            await store.submit(record, ("a@h", f"m{i}"))
+        again = {"kind": "message", "from": "a@h", "id": "m2999", "body": "x"}
+        await store.submit(again, ("a@h", "m2999"))
+        return store
+
+    store = asyncio.run(main())
+    assert store.repeats == 1
+    assert 590 <= len(store.recent) <= 601 and len(store._since) == len(store.recent)
