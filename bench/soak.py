@@ -230,9 +230,23 @@ def _agent_pid(wrapper: int, name: str) -> int:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"announce" in cmd and name.encode() in cmd and b"python" in cmd[0]:
+        if (b"announce" in cmd and name.encode() in cmd and b"python" in cmd[0]
+                and _descends(int(entry), wrapper)):
             return int(entry)
     return wrapper
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    """Whether `pid` runs under `ancestor`: another soak's agent (same name, another
+    LAN) has the same command line."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 if __name__ == "__main__":

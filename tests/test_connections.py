@@ -359,3 +359,20 @@ async def test_an_iq_we_send_to_a_silent_peer_times_out(names: Names,
     finally:
         peer.close()
         await me.close()
+
+
+@run
+async def test_a_long_stream_keeps_no_stored_stanza(names: Names, tmp_path: Path) -> None:
+    """Issue 14: a stream kept every stored stanza's future (its record and XML) until
+    MAX_UNSTORED of them: ~2 MB per busy stream, the steps in the soak's RSS."""
+    sender = await Side("s@h1", names, tmp_path / "s").start()
+    receiver = await Side("r@h2", names, tmp_path / "r").start()
+    try:
+        for i in range(200):
+            await sender.send("r@h2", f"message {i}")
+        assert sender.hub.dialled == 1 and len(receiver.stored()) == 200
+        await wait_for(lambda: all(not c.unstored for c in receiver.hub.connections()))
+        assert receiver.hub.connections()
+    finally:
+        await sender.close()
+        await receiver.close()

@@ -274,6 +274,11 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+        if os.environ.get("XMPPLL_TRACEMALLOC"):
+            from xmppll.agent import memtrace  # a debugging aid: only when asked for
+
+            loop.add_signal_handler(signal.SIGUSR2,
+                                    memtrace.start(os.environ["XMPPLL_TRACEMALLOC"]))
 
     async def _reload(self) -> None:
         """SIGHUP: re-read the config file and re-announce the presence it sets; a bad

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +96,8 @@ class PeerView(RecordUpdateListener):
         self._to_ask: dict[str, bool] = {}
         self._ask_timer: asyncio.TimerHandle | None = None
         self._ptr: dict[str, DNSPointer] = {}
-        self._by_server: dict[str, set[str]] = {}
+        self._by_server: dict[str, set[str]] = {}  # host name -> instances on it
+        self._server_of: dict[str, str] = {}  # instance -> its host name (the inverse)
         self._dirty: set[str] = set()
         self._asked: dict[str, float] = {}
         self._ask_gap: dict[str, float] = {}  # ms before an incomplete name is asked again
@@ -183,10 +185,7 @@ class PeerView(RecordUpdateListener):
             else:
                 self._ask_gap.pop(key, None)
         elif ptr is not None:
-            del self._ptr[key]
-            self.seen.discard(key)
-            self._asked.pop(key, None)
-            self._ask_gap.pop(key, None)
+            self._forget(key)
         if peer is not None and instance_of(key) in self.exclude:
             peer = None
         if (peer is not None and key not in self.peers and _unscoped(peer)
@@ -201,6 +200,29 @@ class PeerView(RecordUpdateListener):
             return
         self._held.discard(key)
         self._emit(key, peer)
+
+    def _forget(self, key: str) -> None:
+        """A name whose PTR is gone (goodbye or expiry) leaves nothing behind: under
+        churn (50 names a second) every per-name entry kept grew the agent ~1 KB a
+        name, 37 % in ten minutes."""
+        self._ptr.pop(key, None)
+        self.seen.discard(key)
+        self._asked.pop(key, None)
+        self._ask_gap.pop(key, None)
+        self._held.discard(key)
+        self._link_server(key, None)
+
+    def _link_server(self, key: str, server: str | None) -> None:
+        old = self._server_of.pop(key, None)
+        if old is not None and old != server:
+            names = self._by_server.get(old)
+            if names is not None:
+                names.discard(key)
+                if not names:
+                    del self._by_server[old]
+        if server is not None:
+            self._server_of[key] = server
+            self._by_server.setdefault(server, set()).add(key)
 
     def _emit(self, key: str, peer: PeerEvent | None) -> None:
         old = self.peers.get(key)
@@ -225,7 +247,8 @@ class PeerView(RecordUpdateListener):
             return None
         srv, txt = _current(srvs), _current(txts)
         server = srv.server_key
-        self._by_server.setdefault(server, set()).add(full.lower())
+        if full.lower() in self._ptr:  # only names we list: find() may ask about any
+            self._link_server(full.lower(), server)
         hosts = cache.async_entries_with_name(server)
         addrs: list[DNSAddress] = (_fresh(_alive(hosts, TYPE_AAAA, now))
                                    + _fresh(_alive(hosts, TYPE_A, now)))
@@ -324,7 +347,25 @@ class PeerView(RecordUpdateListener):
             if due:
                 self._ask(_full(peer["name"]), now, force=True)
             self._dirty.add(key)
+        for key, when in list(self._asked.items()):
+            if key not in self._ptr and now - when > MAX_ASK_GAP:
+                del self._asked[key]  # asked about by name (find/ask), never heard of
+        self._compact_browser()
         self.async_update_records_complete()
+
+    def _compact_browser(self) -> None:
+        """python-zeroconf's browser (0.154) marks the PTR refresh of a name that said
+        goodbye as cancelled, but leaves it in its heap until it comes due: at 80 % of
+        the PTR's 75-minute TTL. Under churn that is every name of the last hour, each
+        holding its strings (50 names a second: 180,000). Drop the cancelled ones once
+        they outnumber the live ones (the heap is the browser's own list, so it is
+        filtered in place; the scheduler skips cancelled entries anyway)."""
+        scheduler = getattr(self._browser, "query_scheduler", None)
+        heap = getattr(scheduler, "_query_heap", None)
+        if not isinstance(heap, list) or len(heap) <= 2 * len(self._ptr) + 64:
+            return
+        heap[:] = [query for query in heap if not getattr(query, "cancelled", False)]
+        heapq.heapify(heap)
 
     def query_ptr(self, *, known_answers: bool = True) -> None:
         """One PTR query (QU: answers come straight back), listing what we already have
