@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x36b5993c
+SOURCES = 0x01397551
 
 COMMANDS = {
     'browse': [

@@ -439,8 +439,9 @@ VERIFY_CHOICE = click.Choice(VERIFY_POLICIES)
 @click.option("--receipt", is_flag=True, help="Ask for an XEP-0184 receipt and succeed "
               "only when it comes back.")
 @click.option("--id", "id_", metavar="ID", help="The message id [default: a new one]. "
-              "A receiver stores a message it already has (same sender, same id) only "
-              "once, so a script can retry with the same --id without doubling it.")
+              "A receiver stores a message it already has (same sender, same id, within "
+              "5 minutes) only once, so a script can retry with the same --id without "
+              "doubling it.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Seconds to deliver each message, or for a receiver to accept each "
               f"file [default: {MESSAGE_TIMEOUT:g}; with --file: {FILE_TIMEOUT:g}, as a person "
