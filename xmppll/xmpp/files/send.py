@@ -290,14 +290,3 @@ async def send_files(sender: FileSender, names: list[str], sources: list[Source]
                     "name": source.name})
         results.extend(await work)
     return results
-
-
-def raise_first(results: list[dict[str, Any]]) -> None:
-    """The first failure as its error, saying how many went through."""
-    failed = [r for r in results if "error" in r]
-    if not failed:
-        return
-    ok = len(results) - len(failed)
-    first = failed[0]
-    detail = f" ({ok} of {len(results)} transfers done)" if len(results) > 1 else ""
-    raise XmpplError(f"{first['error']}{detail}", int(first["code"]))

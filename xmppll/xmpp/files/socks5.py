@@ -78,11 +78,6 @@ def used(request: ET.Element, *, from_: str, jid: str) -> ET.Element:
     return iq
 
 
-def used_jid(result: ET.Element) -> str | None:
-    el = result.find(f"{{{BYTESTREAMS_NS}}}query/{{{BYTESTREAMS_NS}}}streamhost-used")
-    return None if el is None else el.get("jid") or ""
-
-
 # --- the SOCKS5 handshakes ----------------------------------------------------------
 
 
