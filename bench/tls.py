@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import print_table  # noqa: E402
+from test_connections import LOOP  # noqa: E402
+from test_tls import PinNames as Names  # noqa: E402 (the tests' directory stand-in)
 
-from xmppll.addresses import Address, advertises  # noqa: E402
 from xmppll.agent.inbox import Inbox  # noqa: E402
 from xmppll.agent.store import InboxStore  # noqa: E402
 from xmppll.xmpp import stanza as st  # noqa: E402
@@ -52,27 +53,7 @@ from xmppll.xmpp.dispatch import Dispatcher  # noqa: E402
 from xmppll.xmpp.hub import Hub, bind_port  # noqa: E402
 from xmppll.xmpp.receipts import Receipts  # noqa: E402
 
-LOOP = "127.0.0.1"
 CAPS = {"node": CAPS_NODE, "hash": "sha-1", "ver": caps_ver()}
-
-
-class Names:
-    def __init__(self) -> None:
-        self.table: dict[str, PeerInfo] = {}
-
-    async def resolve(self, name: str, wait: float) -> PeerInfo | None:
-        return self.table.get(name.lower())
-
-    def owners(self, address: Address) -> list[str]:
-        return [p.name for p in self.table.values() if advertises(p.addresses, address)]
-
-    def advertised_by(self, name: str, address: Address) -> bool:
-        peer = self.table.get(name.lower())
-        return peer is not None and advertises(peer.addresses, address)
-
-    def pin(self, name: str) -> str | None:
-        peer = self.table.get(name.lower())
-        return peer.pin if peer else None
 
 
 class NullStore:
