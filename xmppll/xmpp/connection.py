@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xmppll")
 READ_SIZE = 65536
+# A TLS 1.3 handshake is a few round trips; on a lossy link TCP's retransmissions back
+# off to seconds each, so it gets longer than a stream header may take.
+TLS_HANDSHAKE_TIMEOUT = 30.0
 FLUSH_AT = 16384  # queued bytes written at once rather than at the end of the turn: a TLS record
 MAX_UNSTORED = 2048  # stanzas parsed but not yet on disk before this stream stops reading
 _TCP_CLOSE = 7  # tcpi_state of a connection that was reset (linux/tcp_states.h)
@@ -412,7 +415,8 @@ class Connection:
         self._flush()
         self._wrapping = True  # nothing may reach the socket during the handshake
         try:
-            await self.writer.start_tls(context, ssl_handshake_timeout=self.hub.header_timeout)
+            await self.writer.start_tls(context, ssl_handshake_timeout=max(
+                self.hub.header_timeout, TLS_HANDSHAKE_TIMEOUT))
         except ssl.SSLError as exc:
             raise SecurityError(f"TLS with {self.peer or self.remote} failed: "
                                 f"{exc.reason or exc}") from None
