@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from xmppll.agent.inbox import Inbox, read_after
@@ -40,6 +40,7 @@ class InboxStore:
         self.recent: OrderedDict[tuple[str, str], asyncio.Future | None] = OrderedDict()
         self._since: dict[tuple[str, str], float] = {}  # when each was remembered
         self.repeats = 0
+        self._unsettled: deque[tuple[tuple[str, str], asyncio.Future]] = deque()
         for record in read_after(inbox.path.parent, max(0, inbox.seq - window)):
             key = message_key(record)
             if key is not None:
@@ -57,6 +58,7 @@ class InboxStore:
             del since[old]
 
     def submit(self, record: dict[str, Any], key: tuple[str, str] | None) -> asyncio.Future:
+        self._settle()
         if key is not None and key in self.recent:
             self.repeats += 1
             first = self.recent[key]
@@ -69,19 +71,24 @@ class InboxStore:
         stored = self.inbox.submit(record)
         if key is not None:
             self._remember(key, stored)
-            stored.add_done_callback(lambda fut: self._settled(key, fut))
+            self._unsettled.append((key, stored))
         return stored
 
-    def _settled(self, key: tuple[str, str], stored: asyncio.Future) -> None:
-        """Once on disk the future is not needed; one that failed is forgotten, so
-        the sender's retry is stored."""
-        if key not in self.recent:
-            return
-        if stored.cancelled() or stored.exception() is not None:
-            del self.recent[key]
-            del self._since[key]
-        else:
-            self.recent[key] = None
+    def _settle(self) -> None:
+        """Once on disk a future is not needed (it holds its record); one that failed
+        is forgotten, so the sender's retry is stored. Futures finish in the order
+        they were submitted, so the done ones are at the front: swept here, at the next
+        submit, rather than by a callback for each message (a flood's hot path)."""
+        unsettled, recent = self._unsettled, self.recent
+        while unsettled and unsettled[0][1].done():
+            key, stored = unsettled.popleft()
+            if recent.get(key) is not stored:
+                continue
+            if stored.cancelled() or stored.exception() is not None:
+                del recent[key]
+                del self._since[key]
+            else:
+                recent[key] = None
 
     def unstored(self) -> int:
         return self.inbox.unstored

@@ -39,6 +39,7 @@ import ssl
 import struct
 import termios
 import xml.etree.ElementTree as ET
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -167,7 +168,7 @@ class Connection:
         self.reset = False  # closed with a RST: data we sent was thrown away unread
         self.error: str | None = None  # a <stream:error> condition the peer sent
         self.failure: BaseException | None = None  # why our read side ended, if not a close
-        self.unstored: list[asyncio.Future] = []
+        self.unstored: deque[asyncio.Future] = deque()
         self.store_failed = False
         self.last_used = asyncio.get_running_loop().time()
         self.idle_handle: asyncio.TimerHandle | None = None
@@ -464,25 +465,30 @@ class Connection:
                               f"({tls.PLAIN_PEERS} cannot encrypt)")
         stored = await self.hub.dispatcher.dispatch(self, element, event.xml)
         if stored is not None:
+            self._sweep_stored()
             self.unstored.append(stored)
-            stored.add_done_callback(self._check_stored)
 
-    def _check_stored(self, stored: asyncio.Future) -> None:
+    def _sweep_stored(self) -> None:
+        """Forget what is on disk: kept, each held its record (and XML) for the
+        stream's life, up to MAX_UNSTORED of them: ~2 MB per busy stream, the steps in
+        the soak's RSS (issue 14). The inbox finishes in submission order, so the
+        done ones are at the front. Swept at each stanza rather than by a callback on
+        each: a flood's hot path. A failed one ends the stream (see _store_failed)."""
+        unstored = self.unstored
+        while unstored and unstored[0].done():
+            stored = unstored.popleft()
+            if not stored.cancelled() and stored.exception() is not None:
+                self._store_failed(stored.exception())
+
+    def _store_failed(self, error: BaseException) -> None:
         """A stanza the inbox could not store (disk full) ends the stream at once, with
         the reason: a sender waiting for its receipt would otherwise wait out its whole
         timeout and learn only "no answer", and one still sending would pile up more
         that cannot be stored. Closing our side makes the read loop end and settle."""
-        if not stored.cancelled() and stored.exception() is None:
-            # On disk: nothing left to wait for. Kept, each held its record (and XML)
-            # for the stream's life, up to MAX_UNSTORED of them: ~2 MB per busy stream,
-            # the steps in the soak's RSS (issue 14). In order, so it is near the front.
-            with contextlib.suppress(ValueError):
-                self.unstored.remove(stored)
-            return
-        if stored.cancelled() or self.store_failed:
+        if self.store_failed:
             return
         self.store_failed = True
-        log.error("stream %s closed: %s", self, stored.exception())
+        log.error("stream %s closed: %s", self, error)
         with contextlib.suppress(Exception):
             self._write(stream_error("resource-constraint", "the inbox cannot store"))
             self._flush()
@@ -491,7 +497,7 @@ class Connection:
     async def _settle(self) -> None:
         """Wait until everything received so far is on disk; raises IOFailure if not.
         Our closing tag (which tells a sender "delivered") waits for this."""
-        pending, self.unstored = self.unstored, []
+        pending, self.unstored = self.unstored, deque()
         for fut in pending:
             await fut
 
@@ -644,7 +650,10 @@ class Connection:
         """Write `answer` once `stored` has succeeded (XEP-0184: a receipt says "it is
         in the inbox", so only after fsync). The receipts of one fsync go out together."""
         def write(fut: asyncio.Future) -> None:
-            if fut.cancelled() or fut.exception() is not None or self.done.is_set():
+            if fut.cancelled() or self.done.is_set():
+                return
+            if fut.exception() is not None:
+                self._store_failed(fut.exception())  # its sender is waiting: tell it now
                 return
             self._write(answer)
         stored.add_done_callback(write)
