@@ -20,10 +20,10 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from xmppll import timestamps
 from xmppll.errors import DataError, UsageError, XmpplError
 from xmppll.xmpp.dispatch import Dispatcher, Store
 from xmppll.xmpp.files.names import sender_folder
@@ -69,9 +69,6 @@ class DownloadConfig:
     max_size: int = MAX_FILE_SIZE
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 def free_space(folder: Path) -> int | None:
     path = folder
@@ -99,7 +96,7 @@ class Downloads:
         if remote.scope:
             peer["scope"] = remote.scope
         record = {"kind": "file", "state": state, **inc.to_json(),
-                  "to": self.receiver.me, **extra, "peer": peer, "received": _now()}
+                  "to": self.receiver.me, **extra, "peer": peer, "received": timestamps.now()}
         return self.store.submit(record, None)
 
     def _spawn(self, coro: Any) -> asyncio.Task:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from xmppll import timestamps
 from xmppll.agent import segments
 
 SENT_FILE = "sent.jsonl"
@@ -26,9 +26,6 @@ def sent_path(state: Path) -> Path:
     return state / SENT_FILE
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 class SentLog:
     def __init__(self, state: Path, max_bytes: int = MAX_BYTES) -> None:
@@ -38,7 +35,7 @@ class SentLog:
     def append(self, message: dict[str, Any], *, id_: str, to: str) -> dict[str, Any]:
         record = {"kind": "message", "direction": "out", "to": to, "id": id_,
                   "type": message.get("type") or "chat", "body": message.get("body"),
-                  "sent": now()}
+                  "sent": timestamps.now()}
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -15,9 +15,9 @@ import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from xmppll import timestamps
 from xmppll.errors import TimeoutFailure
 from xmppll.xmpp import stanza as st
 from xmppll.xmpp.stream import serialize, split_tag
@@ -81,7 +81,8 @@ class Dispatcher:
             answered = await self._iq_stanza(conn, element)
             if answered:
                 return None
-        stored = self.store.submit(self._record(conn, element, xml), _key(conn, element))
+        key = _key(conn, element) if kind == "message" else None
+        stored = self.store.submit(self._record(conn, element, xml), key)
         for namespace in namespaces & self._after.keys():
             answer = self._after[namespace](conn, element)
             if answer is not None:
@@ -152,19 +153,16 @@ class Dispatcher:
         record["peer"] = peer
         record["verified"] = conn.verified
         record["secure"] = "tls" if conn.secure else None
-        record["received"] = _now()
+        record["received"] = timestamps.now()
         return record
 
 
 def _key(conn: Connection, element: ET.Element) -> tuple[str, str] | None:
-    """What makes a message the same message when a sender retries it: who sent it
+    """What makes a message (and only a message) the same message when a sender retries it: who sent it
     and its id."""
     sender = conn.peer or element.get("from")
     msg_id = element.get("id")
-    if split_tag(element.tag)[1] != "message" or not sender or not msg_id:
+    if not sender or not msg_id:
         return None
     return sender.lower(), msg_id
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -8,6 +8,7 @@ whole message as a typing notification.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -36,21 +37,32 @@ def _stanza(local: str, attrs: dict[str, str | None]) -> ET.Element:
     return ET.Element(_client(local), {k: v for k, v in attrs.items() if v is not None})
 
 
-def _child_text(element: ET.Element, local: str) -> str | None:
-    """Text of a direct child in the stanza's own namespace, so a stream that forgot
-    xmlns='jabber:client' still reads; nested `<html><body>` never matches."""
-    ns, _ = split_tag(element.tag)
-    child = element.find(f"{{{ns}}}{local}" if ns else local)
-    return None if child is None else child.text or ""
+_TEXT_FIELDS = ("body", "subject", "thread")
+
+
+@functools.lru_cache(maxsize=16)  # bounded: the namespace is the peer's to choose
+def _text_fields(ns: str | None) -> dict[str, str]:
+    """`{ns}body` -> "body", ...: the children whose text the record carries, in the
+    stanza's own namespace, so a stream that forgot xmlns='jabber:client' still reads;
+    a nested `<html><body>` never matches."""
+    return {(f"{{{ns}}}{local}" if ns else local): local for local in _TEXT_FIELDS}
 
 
 def to_json(element: ET.Element, xml_text: str) -> dict[str, Any]:
     """The shared Stanza record (DESIGN.md) without the network fields (`peer`,
-    `verified`, `received`), which only the receiving session knows."""
-    kind = split_tag(element.tag)[1]
-    record: dict[str, Any] = {"kind": kind}
-    record.update((name, element.get(name)) for name in ("from", "to", "type", "id"))
-    record.update((name, _child_text(element, name)) for name in ("body", "subject", "thread"))
+    `verified`, `received`), which only the receiving session knows. One pass over
+    the children (the first of each kind counts, as with find): every stored stanza
+    comes through here."""
+    ns, kind = split_tag(element.tag)
+    get = element.get
+    record: dict[str, Any] = {"kind": kind, "from": get("from"), "to": get("to"),
+                              "type": get("type"), "id": get("id"),
+                              "body": None, "subject": None, "thread": None}
+    fields = _text_fields(ns)
+    for child in element:
+        local = fields.get(child.tag)
+        if local is not None and record[local] is None:
+            record[local] = child.text or ""
     if kind == "iq":
         record["query"] = split_tag(element[0].tag)[0] if len(element) else None
     record["xml"] = xml_text

@@ -302,52 +302,57 @@ def serialize(element: ET.Element) -> str:
 def _write(element: ET.Element, inherited_ns: str, out: list[str]) -> None:
     ns, local = split_tag(element.tag)
     ns = ns or ""
-    out.append(f"<{local}")
+    out.append("<" + local)
     if ns != inherited_ns:
         out.append(f" xmlns={_attr_value(ns, 'xmlns', local)}")
-    out.extend(_attributes(element, local))
-    if not element.text and not len(element):
+    if element.attrib:
+        _attributes(element, local, out)
+    text = element.text
+    if not text and not len(element):
         out.append("/>")
         return
     out.append(">")
-    out.append(_text(element.text, local))
+    if text:
+        out.append(_text(text, local))
     for child in element:
         _write(child, ns, out)
-        out.append(_text(child.tail, local))
+        if child.tail:
+            out.append(_text(child.tail, local))
     out.append(f"</{local}>")
 
 
-def _attributes(element: ET.Element, local: str) -> list[str]:
+def _attributes(element: ET.Element, local: str, out: list[str]) -> None:
     """Attribute text; a namespaced attribute other than xml:* gets a prefix declared
     on the same element, since only elements can use the default namespace."""
     prefixes: dict[str, str] = {}
-    out: list[str] = []
     for key, value in element.attrib.items():
-        ns, name = split_tag(key)
-        if ns == XML_NS:
-            name = f"xml:{name}"
-        elif ns is not None:
-            if ns not in prefixes:
-                prefixes[ns] = f"a{len(prefixes)}"
-                out.append(f" xmlns:{prefixes[ns]}={_attr_value(ns, 'xmlns', local)}")
-            name = f"{prefixes[ns]}:{name}"
+        name = key
+        if key.startswith("{"):
+            ns, name = split_tag(key)
+            if ns == XML_NS:
+                name = f"xml:{name}"
+            else:
+                if ns not in prefixes:
+                    prefixes[ns] = f"a{len(prefixes)}"
+                    out.append(f" xmlns:{prefixes[ns]}={_attr_value(ns, 'xmlns', local)}")
+                name = f"{prefixes[ns]}:{name}"
         out.append(f" {name}={_attr_value(value, name, local)}")
-    return out
 
 
-def _text(text: str | None, where: str) -> str:
-    if not text:
-        return ""
-    _check_chars(text, where)
+# The where of a refusal is spelled out only when there is one: these run for every
+# attribute and text of every stanza that goes out or is stored.
+def _text(text: str, where: str) -> str:
+    if _ILLEGAL.search(text):
+        _refuse(text, where)
     return text.translate(_TEXT_ESCAPES)
 
 
 def _attr_value(value: str, name: str, element: str) -> str:
-    _check_chars(value, f"attribute {name!r} of <{element}>")
+    if _ILLEGAL.search(value):
+        _refuse(value, f"attribute {name!r} of <{element}>")
     return "'" + value.translate(_ATTR_ESCAPES) + "'"
 
 
-def _check_chars(text: str, where: str) -> None:
+def _refuse(text: str, where: str) -> NoReturn:
     bad = _ILLEGAL.search(text)
-    if bad:
-        raise DataError(f"{where} contains a character XML cannot carry (U+{ord(bad[0]):04X})")
+    raise DataError(f"{where} contains a character XML cannot carry (U+{ord(bad[0]):04X})")
