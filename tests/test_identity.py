@@ -7,7 +7,8 @@ because python-zeroconf would put it on the wire as a label separator.
 
 from __future__ import annotations
 
-import socket
+import os
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -97,7 +98,7 @@ def test_any_printable_user_part_is_accepted_iff_it_fits(user: str) -> None:
 )
 def test_host_label_is_a_valid_dns_label(monkeypatch: pytest.MonkeyPatch, hostname: str,
                                          label: str) -> None:
-    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    monkeypatch.setattr(os, "uname", lambda: SimpleNamespace(nodename=hostname))
     assert identity.host_label() == label
     if len(label) < 60:
         assert check_instance_name("u", machine=label) == f"u@{label}"
@@ -105,6 +106,6 @@ def test_host_label_is_a_valid_dns_label(monkeypatch: pytest.MonkeyPatch, hostna
 
 def test_default_name_has_no_dot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USER", "j.doe")
-    monkeypatch.setattr(socket, "gethostname", lambda: "capulet.lan")
+    monkeypatch.setattr(os, "uname", lambda: SimpleNamespace(nodename="capulet.lan"))
     assert identity.default_name() == "j_doe@capulet"
     assert check_instance_name(identity.default_name()) == "j_doe@capulet"

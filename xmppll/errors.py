@@ -3,10 +3,9 @@ and only the CLI decides how to print it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 

@@ -7,22 +7,32 @@ both halves are validated here once and every command agrees on them.
 from __future__ import annotations
 
 import os
-import re
-import socket
-from pathlib import Path
 
 from xmppll.errors import DataError
 
+# Commands through the agent import this: no re, socket or pathlib at import (issue 14).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
 MAX_INSTANCE_BYTES = 63  # one DNS label (RFC 6763 §4.1.1)
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def host_label() -> str:
     """The mDNS host label of this machine: the short host name, reduced to what a DNS
-    label may hold, because it is published as `<label>.local` (ASCII by XEP-0174)."""
-    raw = socket.gethostname().split(".")[0]
-    label = re.sub(r"[^A-Za-z0-9-]+", "-", raw).strip("-")[:63].strip("-")
+    label may hold, because it is published as `<label>.local` (ASCII by XEP-0174):
+    each run of other characters becomes one '-'."""
+    raw = os.uname().nodename.split(".")[0]  # gethostname(2) reads the same field
+    label = "".join(ch if ch in _LABEL_CHARS else " " for ch in raw)
+    label = "-".join(label.split()).strip("-")[:63].strip("-")
     return label or "localhost"
+
+
+def _is_host_label(text: str) -> bool:
+    """A DNS label of letters, digits and inner '-', at most 63 characters."""
+    return (0 < len(text) <= 63 and set(text) <= _LABEL_CHARS
+            and text[0] != "-" and text[-1] != "-")
 
 
 def user_label() -> str:
@@ -65,7 +75,7 @@ def check_instance_name(name: str, *, machine: str | None = None) -> str:
             f"invalid name {name!r}: a '.' cannot be published correctly "
             f"(python-zeroconf splits it into DNS labels); try {suggestion!r}"
         )
-    if not _HOST_LABEL.match(host):
+    if not _is_host_label(host):
         raise DataError(
             f"invalid name {name!r}: the machine part {host!r} must be ASCII letters, "
             "digits and '-' (it is also the mDNS host label)"
@@ -84,12 +94,19 @@ def _fs_name(name: str) -> str:
     return name.replace("%", "%25").replace("/", "%2F")
 
 
-def state_dir(name: str) -> Path:
+def state_path(name: str) -> str:
     """Durable per-name state (the inbox, the published record): survives reboots."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
     )
-    return Path(base) / "xmppll" / _fs_name(name)
+    return os.path.join(base, "xmppll", _fs_name(name))
+
+
+def state_dir(name: str) -> Path:
+    """state_path as a Path, for the agent; `listen` through an agent needs no pathlib."""
+    from pathlib import Path
+
+    return Path(state_path(name))
 
 
 def known_peers_path() -> Path:
@@ -98,19 +115,19 @@ def known_peers_path() -> Path:
     return state_dir("x").parent / "known_peers"
 
 
-def runtime_dir() -> Path:
+def runtime_dir() -> str:
     """Where agents put their control sockets: private to this user (0700)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "xmppll" if base else Path(f"/tmp/xmppll-{os.getuid()}")
-    return path
+    return os.path.join(base, "xmppll") if base else f"/tmp/xmppll-{os.getuid()}"
 
 
-def socket_path(name: str) -> Path:
-    return runtime_dir() / f"{_fs_name(name)}.sock"
+def socket_path(name: str) -> str:
+    return os.path.join(runtime_dir(), f"{_fs_name(name)}.sock")
 
 
-def name_from_socket(path: Path) -> str:
-    return path.name[: -len(".sock")].replace("%2F", "/").replace("%25", "%")
+def name_from_socket(file_name: str) -> str:
+    """The name whose socket is `file_name` (a name in runtime_dir(), not a path)."""
+    return file_name[: -len(".sock")].replace("%2F", "/").replace("%25", "%")
 
 
 def _getuser() -> str:

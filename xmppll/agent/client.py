@@ -6,9 +6,8 @@ The command-line face calls one function here per command and prints what it get
 
 from __future__ import annotations
 
-import contextlib
+import os
 import time
-from collections.abc import Callable, Iterator
 
 from xmppll import identity
 from xmppll.agent import control
@@ -16,6 +15,7 @@ from xmppll.errors import NoPeerError, Tally, UnavailableError, UsageError, Xmpp
 
 TYPE_CHECKING = False  # typing costs ~2.5 ms to import: commands through the agent skip it
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     Json = dict[str, Any]
@@ -91,7 +91,7 @@ def withdraw(name: str | None) -> Json:
     reply = control.request(agent, "withdraw")
     path = identity.socket_path(agent)
     deadline = time.monotonic() + WITHDRAW_WAIT
-    while path.exists() and time.monotonic() < deadline:
+    while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
     return {"event": "withdrawn", "name": reply["name"]}
 
@@ -110,6 +110,8 @@ def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None)
     from xmppll.discovery.widearea import oneshot as wide_oneshot
 
     domains = wide_oneshot.withdraw_stale(wide, name)
+    import contextlib
+
     with contextlib.suppress(NoPeerError):  # no mDNS record left: the DNS one was
         oneshot.withdraw_stale(name, interfaces)
     return {"event": "withdrawn", "name": name, "stale": True, "domains": domains}

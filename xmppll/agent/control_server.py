@@ -38,9 +38,9 @@ class ControlServer:
         refusing if a live agent has it): directory 0700, socket 0600."""
         await self.stop()
         control.prepare_runtime_dir()
-        path = identity.socket_path(name)
+        path = Path(identity.socket_path(name))
         if path.exists():
-            if control.is_alive(path):
+            if control.is_alive(str(path)):
                 raise UnavailableError(f"an agent for {name} is already running")
             path.unlink()
         old = os.umask(0o177)
