@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 
 from xmppll.cli import _fastspec, fast, fastspec
 from xmppll.cli.commands import cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FAST = sorted(fast.HANDLED)
 
@@ -193,3 +196,59 @@ def test_no_click_and_no_heavy_module_on_the_way_in() -> None:
     loaded = set(done.stdout.split())
     assert not {m for m in loaded if m.split(".")[0] in (
         "click", "zeroconf", "xml", "defusedxml", "asyncio", "ssl", "dns", "tomllib")}
+
+
+HELP_CASES = [["--help"], ["-h"], ["send", "--help"], ["announce", "-h"], ["inbox", "--help"]]
+
+
+LAUNCHER = ROOT / "bin" / "xmppll"
+# Runs the launcher's code, then says on stderr whether click was loaded.
+REPORTING = """import atexit, sys
+atexit.register(lambda: print("click loaded:", "click" in sys.modules, file=sys.stderr))
+sys.argv = ["xmppll", *sys.argv[1:]]
+exec(compile(open(sys.argv.pop(1)).read(), "xmppll", "exec"))
+"""
+
+
+def _xmppll(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XMPPLL_")}
+    return subprocess.run([sys.executable, "-c", REPORTING, str(LAUNCHER), *args],
+                          capture_output=True, text=True, env={**base, **env}, timeout=60)
+
+
+@pytest.mark.parametrize("args", HELP_CASES, ids=" ".join)
+def test_help_is_clicks_own_without_click(args: list[str], tmp_path: Path) -> None:
+    """`--help` from the table on a wide terminal (or a pipe) is click's own text; on a
+    narrow one, or with a config file (its values show as defaults), click prints it."""
+    env = {"COLUMNS": "80", "XDG_CONFIG_HOME": str(tmp_path)}
+    fast, slow = _xmppll(args, **env), _xmppll(args, XMPPLL_NO_FAST="1", **env)
+    assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout) == (0, slow.stdout)
+    assert "Usage: xmppll" in fast.stdout
+    assert "click loaded: False" in fast.stderr and "click loaded: True" in slow.stderr
+    narrow = _xmppll(args, COLUMNS="60", XDG_CONFIG_HOME=str(tmp_path))
+    assert "click loaded: True" in narrow.stderr and narrow.stdout != fast.stdout
+    (tmp_path / "xmppll").mkdir()
+    (tmp_path / "xmppll" / "config.toml").write_text("")
+    assert "click loaded: True" in _xmppll(args, **env).stderr
+
+
+def test_the_launcher_imports_nothing_slow() -> None:
+    """The installed `xmppll` is bin/xmppll, not pip's entry-point launcher (which
+    imports re, ~5 ms): on an interpreter without site, `--help` loads nothing but
+    xmppll's table on top of the interpreter's own start."""
+    run = [sys.executable, "-S", "-X", "importtime", str(LAUNCHER), "--help"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+    floor = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "pass"],
+                           capture_output=True, text=True, env=env, timeout=60)
+
+    def modules(stderr: str) -> set[str]:
+        return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+                if line.startswith("import time:") and "|" in line} - {"package"}
+
+    assert done.returncode == 0 and "Usage: xmppll" in done.stdout
+    extra = modules(done.stderr) - modules(floor.stderr)
+    # site would load os and its helpers anyway; -S leaves them to us
+    with_site = {"os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc"}
+    assert {m for m in extra if not m.startswith("xmppll")} <= {"__future__", "zlib",
+                                                                  *with_site}, extra

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Cursor:
@@ -13,9 +16,9 @@ class Cursor:
 
     WIDTH = 20
 
-    def __init__(self, state: Path) -> None:
-        state.mkdir(parents=True, exist_ok=True)
-        self.path = state / "cursor"
+    def __init__(self, state: str | Path) -> None:
+        os.makedirs(state, exist_ok=True)
+        self.path = os.path.join(state, "cursor")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def get(self) -> int:

@@ -8,18 +8,19 @@ inbox's retention may drop, so it must never run ahead of what was handled.
 
 from __future__ import annotations
 
-import logging
 import os
-import subprocess
-import threading
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
 
-from xmppll.agent.cursor import Cursor
 from xmppll.errors import IOFailure
 
-log = logging.getLogger("xmppll")
+# A listener through the agent starts with none of logging, subprocess, threading or
+# typing (issue 14): --exec brings them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from xmppll.agent.cursor import Cursor
+
 EXEC_CONCURRENCY = 4
 
 
@@ -28,13 +29,15 @@ class Runner:
     time; a failing command is logged and never stops the listener."""
 
     def __init__(self, command: str) -> None:
-        self.command = command
-        from concurrent.futures import ThreadPoolExecutor  # only with --exec
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
 
+        self.command = command
         self.pool = ThreadPoolExecutor(EXEC_CONCURRENCY)
         self.slots = threading.BoundedSemaphore(EXEC_CONCURRENCY * 2)
         self.running: set[int] = set()
         self.lock = threading.Lock()
+        self.cursor_lock = threading.Lock()  # the main loop and the pool both move it
         self.on_done: Callable[[], None] | None = None
 
     def submit(self, line: str, seq: int) -> None:
@@ -58,6 +61,10 @@ class Runner:
             return min(self.running) - 1 if self.running else passed
 
     def _run(self, line: str, seq: int) -> None:
+        import logging
+        import subprocess
+
+        log = logging.getLogger("xmppll")
         try:
             done = subprocess.run(self.command, shell=True, input=line + "\n", text=True,
                                   check=False)
@@ -75,7 +82,7 @@ class Runner:
 class FileOutput:
     """--output FILE: appended and fsync'd line by line (it is a log of record)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -100,17 +107,20 @@ def consume(records: Iterable[dict[str, Any]], *, cursor: Cursor,
     """Deliver each record everywhere asked, then advance the cursor past it (past
     what --exec has finished, when it runs behind)."""
     passed = 0
-    lock = threading.Lock()
     moved = [0]
 
-    def advance() -> None:
-        with lock:
-            mark = runner.handled_through(passed) if runner is not None else passed
-            if mark > moved[0]:
-                cursor.set(mark)
-                moved[0] = mark
+    def move() -> None:
+        mark = runner.handled_through(passed) if runner is not None else passed
+        if mark > moved[0]:
+            cursor.set(mark)
+            moved[0] = mark
 
+    advance = move
     if runner is not None:
+        def advance() -> None:
+            with runner.cursor_lock:
+                move()
+
         runner.on_done = advance
     for record in records:
         line = to_json(record)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from xmppll import __version__
-from xmppll.cli import COMPLETE_VAR, keep, render
+from xmppll.cli import COMPLETE_VAR, keep, oneshot, render
 from xmppll.cli.keep import keep_options
 from xmppll.cli.oneshot import Messages, exit_with, show_peers
 from xmppll.cli.oneshot import print_status as _print_status
@@ -643,17 +643,9 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
       xmppll listen
       xmppll listen --backlog --output ~/chat.jsonl
       xmppll listen --exec 'jq -r .body >> ~/messages.txt'"""
-    import json
     import signal
-    from pathlib import Path
-
-    from xmppll import identity
-    from xmppll.agent import listening
-    from xmppll.agent.cursor import Cursor
 
     _setup_logging(verbose)
-    emit_json = render.wants_json(as_json)
-    color = not emit_json and render.use_color()
     ifaces = _check_interfaces(interfaces)
     background = None
     from xmppll.agent import client
@@ -666,30 +658,10 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
         # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.
         signal.signal(signal.SIGTERM, _interrupt)
-    cursor = Cursor(identity.state_dir(agent))
-    runner = listening.Runner(command) if command else None
-    out = listening.FileOutput(Path(output)) if output else None
-
-    def show(record: dict[str, Any]) -> None:
-        if emit_json:
-            render.write_json(record)
-        else:
-            render.write_line(render.stanza_line(record, color=color))
-
     try:
-        after = cursor.get() if backlog else None
-        from xmppll.agent import control
-
-        records = control.stream(agent, "inbox", **({"after": after} if after is not None
-                                                      else {}),
-                                 **({"chatstates": True} if chatstates else {}))
-        listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
-                          to_json=lambda r: json.dumps(r, ensure_ascii=False))
-    except KeyboardInterrupt:
-        pass
+        oneshot.listen_to(agent, backlog=backlog, command=command, output=output,
+                          as_json=as_json, chatstates=chatstates)
     finally:
-        if runner:
-            runner.close()
         if background is not None:
             background.stop()
 

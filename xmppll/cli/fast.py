@@ -3,13 +3,15 @@
 Importing click and the command definitions costs more than the agent takes to answer
 (issue 14), so `main()` first tries to read argv with the table that fastspec.py
 generates from those definitions (_fastspec.py): the same option strings, types,
-defaults, environment variables and config-file defaults. It answers only what it fully
-understands: `browse`, `status`, `withdraw`, `send` and `listen` when an agent runs and
-every parameter given is one the command's runner below handles, and bash's completion
-of peer and agent names. Anything else (--help, an unknown or malformed option, a
-parameter that needs the standalone code, no agent running, a table older than the
-definitions) goes to the click CLI, before anything was done, which then does all of
-it as if this module did not exist. XMPPLL_NO_FAST=1 sends everything there.
+defaults, environment variables and config-file defaults, and the help click prints.
+It answers only what it fully understands: `browse`, `status`, `withdraw` and `listen`
+when an agent runs, `send` with or without one, when every parameter given is one the
+command's runner below handles; bash's completion of peer and agent names; and
+`xmppll [COMMAND] --help` on a terminal of 80 columns or more (or none). Anything else
+(an unknown or malformed option, a parameter that needs the standalone code, no agent
+running, a table older than the definitions) goes to the click CLI, before anything
+was done, which then does all of it as if this module did not exist. XMPPLL_NO_FAST=1
+sends everything there.
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ HANDLED = {
     "withdraw": {"name", "as_json", "quiet"},
     "send": {"to", "text", "from_", "type_", "subject", "thread", "receipt", "id_",
              "timeout", "wait", "json_input", "lines", "everyone", "quiet", "files",
-             "file_name", "method"},
+             "file_name", "method", "tls"},
     "listen": {"name", "backlog", "command", "output", "as_json", "quiet", "color"},
 }
 TO_CLICK = {
     "browse": {"no_agent", "no_link", "interfaces", "domains", "dns_server"},
     "status": {"interfaces", "avatar", "no_avatar"},
     "withdraw": {"stale", "interfaces", "domains", "dns_server", "tsig_key"},
-    "send": {"interfaces", "domains", "dns_server", "verbose", "chatstate", "tls"},
+    "send": {"interfaces", "domains", "dns_server", "verbose", "chatstate"},
     "listen": {"interfaces", "verbose", "chatstates"},
 }
 # listen's options for the agent it starts when none runs: unused when one does, so
@@ -66,11 +68,13 @@ def main() -> None:
     """`xmppll`: the agent path when it applies, else the click CLI."""
     args = sys.argv[1:]
     completing_now = COMPLETE_VAR in os.environ
-    # --help, announce, inbox...: straight to click, for the price of this module.
-    mine = completing_now or (args and args[0] in HANDLED)
+    # announce, inbox, chat...: straight to click, for the price of this module.
+    mine = completing_now or (args and args[0] in HANDLED) or _asks_help(args)
     if mine and not os.environ.get("XMPPLL_NO_FAST") and _current():
         if completing_now:
             _complete()
+        elif _asks_help(args):
+            _help(args)
         else:
             _run(args)
     from xmppll.cli.commands import main as click_main
@@ -93,6 +97,42 @@ def _current() -> bool:
     except OSError:
         return False
     return crc == _fastspec.SOURCES
+
+
+# --- help as click prints it --------------------------------------------------------------
+
+def _asks_help(args: list[str]) -> bool:
+    return 1 <= len(args) <= 2 and args[-1] in ("-h", "--help")
+
+
+def _help(args: list[str]) -> None:
+    """`xmppll [COMMAND] --help` from the table, when click would print the same: at
+    its width for 80 columns or more, with no config file (its values show as
+    defaults). Else, or for an unknown command, click answers."""
+    from xmppll.cli import _fastspec
+
+    name = args[0] if len(args) == 2 else ""
+    text = _fastspec.HELP.get(name)
+    if (text is None or args[-1] not in _fastspec.HELP_OPTIONS or _config_file()
+            or _columns() < _fastspec.HELP_WIDTH + 2):
+        return
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    sys.exit(0)
+
+
+def _columns() -> int:
+    """The terminal width as shutil.get_terminal_size (which click asks) finds it."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 # --- parsing argv as click would --------------------------------------------------------
@@ -244,13 +284,17 @@ def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
 def _config_defaults(command: str) -> Values:
     """The config file's defaults for `command` (click's default_map), read only when
     there is a file."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
-                                                             ".config")
-    if not os.path.exists(os.path.join(base, "xmppll", "config.toml")):
+    if not _config_file():
         return {}
     from xmppll.cli import config
 
     return config.default_map(config.load()).get(command, {})
+
+
+def _config_file() -> bool:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".config")
+    return os.path.exists(os.path.join(base, "xmppll", "config.toml"))
 
 
 def _run(args: list[str]) -> None:
@@ -259,12 +303,6 @@ def _run(args: list[str]) -> None:
 
     try:
         found = plan(args)
-        if found is not None:
-            import warnings
-
-            from xmppll.cli import render
-
-            warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
         if found is None:
             return
         runner, values = found
@@ -336,12 +374,17 @@ def _send(v: Values) -> Any:
     me = identity.check_instance_name(v["from_"] or identity.default_name())
     agent = client.sending_agent(v["from_"])
     if agent is None:
-        return STEP_ASIDE  # standalone: resolve and connect, the click CLI's job
+        # Standalone (no --interface, --domain, --tls or --verbose: those go to click):
+        # resolve and connect here, as commands.send does, without click's ~35 ms.
+        import warnings
+
+        warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
+        oneshot.setup_logging(False)
     with render.progress(messages.progress_text(),
                          enabled=not (v["quiet"] or messages.reads_stdin)):
         client.send(messages.records, agent=agent, me=me, everyone=messages.everyone,
                     timeout=messages.timeout, wait=messages.wait, receipt=v["receipt"],
-                    interfaces=None)
+                    interfaces=None, tls=v["tls"])
     return None
 
 
@@ -383,45 +426,13 @@ def _listen(v: Values) -> Any:
     agent = client.running(v["name"])
     if not agent:
         return STEP_ASIDE  # it starts an agent: the click CLI's job
-    import json
-
-    from xmppll import identity
-    from xmppll.agent import control, listening
-    from xmppll.agent.cursor import Cursor
-    from xmppll.cli import oneshot, render
+    from xmppll.cli import oneshot
 
     if v["command"]:  # --exec logs a command that fails
         oneshot.setup_logging(False)
-    emit_json = render.wants_json(v["as_json"])
-    color = not emit_json and render.use_color()
-    cursor = Cursor(identity.state_dir(agent))
-    runner = listening.Runner(v["command"]) if v["command"] else None
-    out = listening.FileOutput(_path(v["output"])) if v["output"] else None
-
-    def show(record: dict[str, Any]) -> None:
-        if emit_json:
-            render.write_json(record)
-        else:
-            render.write_line(render.stanza_line(record, color=color))
-
-    try:
-        after = cursor.get() if v["backlog"] else None
-        records = control.stream(agent, "inbox", **({"after": after} if after is not None
-                                                      else {}))
-        listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
-                          to_json=lambda r: json.dumps(r, ensure_ascii=False))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if runner:
-            runner.close()
+    oneshot.listen_to(agent, backlog=v["backlog"], command=v["command"], output=v["output"],
+                      as_json=v["as_json"])
     return None
-
-
-def _path(value: str) -> Any:
-    from pathlib import Path
-
-    return Path(value)
 
 
 RUNNERS: dict[str, Callable[[Values], Any]] = {

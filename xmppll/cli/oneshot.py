@@ -152,8 +152,6 @@ def show_peers(*, agent: str | None, pattern: str | None, follow: bool,
     """`browse`: the peers whose name matches the shell glob `pattern`, as JSON lines or
     a table, once or as they change; a failing wide-area domain is said on stderr and
     the last one raised, after the peers that could be listed."""
-    import fnmatch
-
     from xmppll.agent import client
 
     if timeout is not None and timeout <= 0:
@@ -161,8 +159,14 @@ def show_peers(*, agent: str | None, pattern: str | None, follow: bool,
     emit_json = not as_table and render.wants_json(as_json)
     color = not emit_json and render.use_color()
 
-    def matches(peer: dict[str, Any]) -> bool:
-        return pattern is None or fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
+    if pattern is None:
+        def matches(peer: dict[str, Any]) -> bool:
+            return True
+    else:
+        import fnmatch  # imports re: only for a pattern (issue 14)
+
+        def matches(peer: dict[str, Any]) -> bool:
+            return fnmatch.fnmatchcase(peer["name"].lower(), pattern.lower())
 
     if follow:
         def emit(event: dict[str, Any]) -> None:
@@ -187,3 +191,37 @@ def show_peers(*, agent: str | None, pattern: str | None, follow: bool,
         render.error(str(failure))
     if failures:
         raise failures[-1]
+
+
+def listen_to(agent: str, *, backlog: bool, command: str | None, output: str | None,
+              as_json: bool | None, chatstates: bool = False) -> None:
+    """`listen` once an agent runs: its inbox from the cursor (--backlog) or from now,
+    to stdout, --output and --exec, until interrupted."""
+    from xmppll import identity, quickjson
+    from xmppll.agent import control, listening
+    from xmppll.agent.cursor import Cursor
+
+    emit_json = render.wants_json(as_json)
+    color = not emit_json and render.use_color()
+    cursor = Cursor(identity.state_path(agent))
+    runner = listening.Runner(command) if command else None
+    out = listening.FileOutput(output) if output else None
+
+    def show(record: dict[str, Any]) -> None:
+        if emit_json:
+            render.write_json(record)
+        else:
+            render.write_line(render.stanza_line(record, color=color))
+
+    try:
+        after = cursor.get() if backlog else None
+        records = control.stream(agent, "inbox", **({"after": after} if after is not None
+                                                      else {}),
+                                 **({"chatstates": True} if chatstates else {}))
+        listening.consume(records, cursor=cursor, show=show, output=out, runner=runner,
+                          to_json=lambda r: quickjson.dumps(r, ensure_ascii=False))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if runner:
+            runner.close()
