@@ -158,8 +158,8 @@ class Dispatcher:
 
 
 def _key(conn: Connection, element: ET.Element) -> tuple[str, str] | None:
-    """What makes a message (and only a message) the same message when a sender retries it: who sent it
-    and its id."""
+    """What makes a message (and only a message) the same message when a sender
+    retries it: who sent it and its id."""
     sender = conn.peer or element.get("from")
     msg_id = element.get("id")
     if not sender or not msg_id:
