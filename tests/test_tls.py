@@ -92,6 +92,31 @@ def test_a_key_is_made_once_private_and_its_pin_fits_the_txt(tmp_path: Path) -> 
     assert TLS_KEY == tls.TXT_KEY
 
 
+def test_the_key_maker_child_and_the_agent_agree_on_one_key(tmp_path: Path) -> None:
+    """announce starts a child making a new name's key (agent/keymaker.py) while the
+    agent imports; the agent then loads that key. Makers racing (two announces, or
+    the agent after a failed child) never pair one's key with the other's certificate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xmppll.agent import keymaker
+
+    child = keymaker.start(tmp_path, "juliet@capulet")
+    assert child is not None
+    keymaker.finish(child)
+    assert child.returncode == 0
+    made = tls.Credentials.load(keymaker.key_dir(tmp_path))
+    assert made is not None
+    assert keymaker.start(tmp_path, "juliet@capulet") is None, "a name keeps its key"
+    assert tls.Credentials.load_or_create(keymaker.key_dir(tmp_path), "x").der == made.der
+    racing = tmp_path / "race"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: tls.make_files(racing, "romeo@montague"), range(4)))
+    creds = tls.Credentials.load(racing)
+    assert creds is not None
+    ctx = tls.server_context(creds)  # loading fails if key and certificate differ
+    assert ctx is not None
+
+
 def test_a_one_shot_send_uses_the_key_its_agent_made_and_makes_none(tmp_path: Path) -> None:
     """The transient presence of a one-shot `send` advertises the name's key when its
     agent made one (peers that met the agent would take a keyless presence for a

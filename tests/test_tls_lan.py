@@ -49,6 +49,10 @@ def test_xmppll_streams_are_encrypted_verified_and_a_new_key_waits_for_trust(
     sniffer = Sniffer(b, tmp_path / "capture.jsonl")
     bob, out, err = start_bob(b)
     alice = start_agent(a, "alice@h1")
+    # Its first start: the key was made by a child process (agent/keymaker.py), so the
+    # agent never loaded cryptography (~11 MB it would have kept).
+    assert (Path(a.env["XDG_STATE_HOME"]) / "xmppll" / "alice@h1" / "tls" / "key.pem").exists()
+    assert "cryptography" not in Path(f"/proc/{alice.proc.pid}/maps").read_text()
     try:
         # browse shows who speaks TLS; each side knows the other's key before sending.
         bob_peer = wait_until(lambda: (p := peer_on(a, "bob@h2")) and p["tls"] and p, 10,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xmppll import identity
-from xmppll.agent import retention
+from xmppll.agent import keymaker, retention
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.downloads import DownloadConfig, Downloads
 from xmppll.agent.inbox import Inbox, catch_up
@@ -68,6 +68,7 @@ class AgentConfig:
     downloads: DownloadConfig = field(default_factory=DownloadConfig)  # files offered to us
     tls: str = "prefer"  # prefer | require | off (xmppll.xmpp.tls)
     avatar: bytes | None = None  # our picture (checked PNG/JPEG); its SHA-1 goes in phsh
+    key_maker: Any = None  # keymaker.start()'s child, making the name's first TLS key
 
 
 def caps_tuple() -> tuple[str, str, str]:
@@ -128,6 +129,7 @@ class Agent:
 
     async def run(self) -> None:
         self._take_lock()
+        keymaker.finish(self.config.key_maker)
         self.tls = make_tls(self.config.tls, self.state, self.config.name, self.presence)
         self.txt()  # refuse an unpublishable record before touching the network
         self.listeners = bind_port(self.presence.port, self.config.port_given)
@@ -513,7 +515,7 @@ def make_tls(policy: str, state: Any, name: str, presence: Presence) -> tls.Tls:
     directory) with its fingerprint added to the presence, unless the policy is off."""
     creds = None
     if policy != "off":
-        creds = tls.Credentials.load_or_create(state / "tls", name)
+        creds = tls.Credentials.load_or_create(keymaker.key_dir(state), name)
         presence.extra = [(k, v) for k, v in presence.extra if k.lower() != tls.TXT_KEY]
         presence.extra.append((tls.TXT_KEY, creds.pin))
     return tls.Tls(policy, creds, tls.KnownPeers(identity.known_peers_path()))

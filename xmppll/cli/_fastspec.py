@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x91bafdc9
+SOURCES = 0x3627f464
 
 COMMANDS = {
     'browse': [

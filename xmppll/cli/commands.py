@@ -248,23 +248,28 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
       xmppll announce juliet --status away --nick JuliC
       xmppll announce --domain lan.example --tsig-key ~/.config/xmppll/tsig.key"""
     from xmppll import identity
-    from xmppll.agent.agent import AgentConfig, run_agent
-    from xmppll.discovery.presence import Presence, parse_txt_option
+    from xmppll.agent import keymaker
 
     if port is not None and not 0 < port < 65536:
         raise UsageError(f"invalid port {port}: use 1-65535")
+    me = identity.check_instance_name(name or identity.default_name())
+    # Before the agent's imports: they then overlap with the child making a new key.
+    maker = keymaker.start(identity.state_dir(me), me) if tls != "off" else None
+
+    from xmppll.agent.agent import AgentConfig, run_agent
+    from xmppll.discovery.presence import Presence, parse_txt_option
+
     presence = Presence(
         port=port or DEFAULT_PORT, status=status, msg=msg, nick=nick, first=first,
         last=last, email=email, jid=jid, extra=[parse_txt_option(t) for t in txt],
         personal=not no_personal,
     )
     config = AgentConfig(
-        name=identity.check_instance_name(name or identity.default_name()),
-        presence=presence, interfaces=_check_interfaces(interfaces) or [],
+        name=me, presence=presence, interfaces=_check_interfaces(interfaces) or [],
         rename=not no_rename, port_given=port is not None,
         reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True), tls=tls,
         retention_policy=keep.policy(), avatar=_read_avatar(avatar),
-        downloads=_downloads(accept_files, download_dir, max_file_size),
+        downloads=_downloads(accept_files, download_dir, max_file_size), key_maker=maker,
     )
     emit_json = render.wants_json(as_json)
     _setup_logging(verbose)

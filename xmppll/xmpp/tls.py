@@ -97,14 +97,10 @@ class Credentials:
     @classmethod
     def load_or_create(cls, directory: Path, name: str) -> Credentials:
         """The certificate in `directory` (cert.pem, key.pem), made on first use."""
-        cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-        if not (cert_path.exists() and key_path.exists()):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            key_pem, cert_pem = make_certificate(name)
-            _write_private(key_path, key_pem)
-            _write_private(cert_path, cert_pem)
+        make_files(directory, name)
+        cert_path = directory / "cert.pem"
         der = ssl.PEM_cert_to_DER_cert(cert_path.read_text())
-        return cls(cert_path, key_path, der)
+        return cls(cert_path, directory / "key.pem", der)
 
     @classmethod
     def load(cls, directory: Path) -> Credentials | None:
@@ -118,6 +114,26 @@ class Credentials:
         except (OSError, ValueError):
             return None
         return cls(cert_path, key_path, der)
+
+
+def make_files(directory: Path, name: str) -> None:
+    """key.pem and cert.pem in `directory`, unless both are there. Under a lock: a
+    key maker started by `announce` (agent/keymaker.py) and an agent, or two
+    agents' makers, must not leave one's key beside the other's certificate."""
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "make.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if cert_path.exists() and key_path.exists():
+            return
+        key_pem, cert_pem = make_certificate(name)
+        _write_private(key_path, key_pem)
+        _write_private(cert_path, cert_pem)
+    finally:
+        os.close(fd)
 
 
 def make_certificate(name: str) -> tuple[bytes, bytes]:
