@@ -18,7 +18,9 @@ from pathlib import Path
 from subprocess import CompletedProcess, Popen
 from typing import Any
 
+import pytest
 from lan import Host, Lan, Lines, ensure_user
+from xmppll_side import wait_until
 
 ZC_PEERS = str(Path(__file__).parent / "helpers" / "zc_peers.py")
 OTHER_USER = "xmppll-other"
@@ -166,13 +168,15 @@ def heavy(modules: set[str]) -> set[str]:
 
 
 # What a command through the agent must not import either (issue 14): each costs ~0.5-5 ms
-# of a 10 ms budget. The installed launcher (bin/xmppll) is run on an interpreter without
-# site, so the editable install's finder, which loads re and pathlib itself, hides none.
+# of a 10 ms budget. The entry point runs on an interpreter without site, so the editable
+# install's finder, which loads re and pathlib itself, hides none. (pip's launcher of an
+# installed `xmppll` adds re: pyproject.toml says why it is kept.)
 STDLIB_HEAVY = {"re", "enum", "json", "socket", "selectors", "pathlib", "contextlib",
                 "typing", "collections", "functools", "warnings", "logging", "threading",
                 "subprocess", "fnmatch"}
 ROOT = Path(__file__).resolve().parent.parent
-BARE = [sys.executable, "-S", "-X", "importtime", str(ROOT / "bin" / "xmppll")]
+BARE = [sys.executable, "-S", "-X", "importtime", "-c",
+        "from xmppll.cli.fast import main; main()"]
 
 
 def bare_env(env: dict[str, str]) -> dict[str, str]:
@@ -292,8 +296,8 @@ def test_send_through_the_agent_reuses_one_stream(lan: Lan) -> None:
 def test_one_shot_commands_through_the_agent_stay_lean(lan: Lan) -> None:
     """Every command a running agent answers loads neither click (the agent path
     parses with its generated table) nor zeroconf, the XML stack, asyncio or ssl, nor,
-    from the installed launcher, any of the standard library's slow imports
-    (STDLIB_HEAVY), and prints what the click CLI prints (XMPPLL_NO_FAST=1)."""
+    from its entry point, any of the standard library's slow imports (STDLIB_HEAVY),
+    and prints what the click CLI prints (XMPPLL_NO_FAST=1)."""
     a, b, _ = lan.hosts
     start_agents((a, ()), (b, ()))
     wait_cached(a, {"tester@h2"})
@@ -349,6 +353,33 @@ def test_one_shot_commands_through_the_agent_stay_lean(lan: Lan) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert {"zeroconf", "asyncio", "click"} <= heavy(imported_modules(done.stderr)) | {
         m.split(".")[0] for m in imported_modules(done.stderr)}
+
+
+@pytest.mark.parametrize("entry", ["fast path", "click"])
+def test_sighup_rereads_the_config_file_and_flags_keep_winning(lan: Lan, entry: str) -> None:
+    """announce through either face: on SIGHUP the presence settings that came from the
+    config file are read again and re-announced; one given as a flag (or in the
+    environment) stays as given."""
+    a, b, _ = lan.hosts
+    config = Path(a.env["XDG_CONFIG_HOME"]) / "xmppll" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('msg = "before"\nnick = "FromFile"\nfirst = "Ann"\n')
+    env = {**a.env, "XMPPLL_LAST": "FromEnv",
+           **({"XMPPLL_NO_FAST": "1"} if entry == "click" else {})}
+    proc = a.xmppll_popen("announce", "--json", "--nick", "Flag", "hup@h1", env=env)
+    out = Lines(proc.stdout)
+    first = out.wait_json(lambda r: r["event"] == "announced", 15)
+    assert (first["msg"], first["nick"], first["first"], first["last"]) == (
+        "before", "Flag", "Ann", "FromEnv")
+    config.write_text('msg = "after"\nnick = "Ignored"\nlast = "Ignored"\n')
+    proc.send_signal(signal.SIGHUP)
+    event = out.wait_json(lambda r: r["event"] == "reloaded", 10)
+    assert (event["msg"], event["nick"], event["first"], event["last"]) == (
+        "after", "Flag", None, "FromEnv")
+    seen = wait_until(lambda: next((p for p in jsonl(b.xmppll("browse", "--json").stdout)
+                                    if p["name"] == "hup@h1" and p["msg"] == "after"), None),
+                      10, "h2 to see the reloaded presence")
+    assert seen["nick"] == "Flag"
 
 
 # --- status ------------------------------------------------------------------------------

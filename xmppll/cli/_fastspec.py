@@ -2,9 +2,40 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x3627f464
+SOURCES = 0x68977061
 
 COMMANDS = {
+    'announce': [
+        {'name': 'name', 'kind': 'argument', 'opts': [], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_NAME', 'complete': None, 'eager': False},
+        {'name': 'port', 'kind': 'option', 'opts': ['--port'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'int', 'default': None, 'envvar': 'XMPPLL_PORT', 'complete': None, 'eager': False},
+        {'name': 'status', 'kind': 'option', 'opts': ['--status'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'choice', 'choices': ['avail', 'away', 'dnd'], 'fold': True, 'default': 'avail', 'envvar': 'XMPPLL_STATUS', 'complete': None, 'eager': False},
+        {'name': 'msg', 'kind': 'option', 'opts': ['--msg'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_MSG', 'complete': None, 'eager': False},
+        {'name': 'nick', 'kind': 'option', 'opts': ['--nick'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_NICK', 'complete': None, 'eager': False},
+        {'name': 'first', 'kind': 'option', 'opts': ['--first'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_FIRST', 'complete': None, 'eager': False},
+        {'name': 'last', 'kind': 'option', 'opts': ['--last'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_LAST', 'complete': None, 'eager': False},
+        {'name': 'email', 'kind': 'option', 'opts': ['--email'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_EMAIL', 'complete': None, 'eager': False},
+        {'name': 'jid', 'kind': 'option', 'opts': ['--jid'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_JID', 'complete': None, 'eager': False},
+        {'name': 'txt', 'kind': 'option', 'opts': ['--txt'], 'secondary': [], 'multiple': True, 'nargs': 1, 'type': 'str', 'default': [], 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'no_personal', 'kind': 'option', 'opts': ['--no-personal'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': False, 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'no_rename', 'kind': 'option', 'opts': ['--no-rename'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': False, 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'avatar', 'kind': 'option', 'opts': ['--avatar'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'file', 'default': None, 'envvar': 'XMPPLL_AVATAR', 'complete': None, 'eager': False},
+        {'name': 'keep_days', 'kind': 'option', 'opts': ['--keep-days'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'other', 'default': 30, 'envvar': 'XMPPLL_KEEP_DAYS', 'complete': None, 'eager': False},
+        {'name': 'keep_size', 'kind': 'option', 'opts': ['--keep-size'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': '256M', 'envvar': 'XMPPLL_KEEP_SIZE', 'complete': None, 'eager': False},
+        {'name': 'accept_files', 'kind': 'option', 'opts': ['--accept-files'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'choice', 'choices': ['never', 'ask', 'verified', 'always'], 'fold': False, 'default': 'ask', 'envvar': 'XMPPLL_ACCEPT_FILES', 'complete': None, 'eager': False},
+        {'name': 'download_dir', 'kind': 'option', 'opts': ['--download-dir'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'other', 'default': None, 'envvar': 'XMPPLL_DOWNLOAD_DIR', 'complete': None, 'eager': False},
+        {'name': 'max_file_size', 'kind': 'option', 'opts': ['--max-file-size'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'int', 'default': None, 'envvar': 'XMPPLL_MAX_FILE_SIZE', 'complete': None, 'eager': False},
+        {'name': 'tls', 'kind': 'option', 'opts': ['--tls'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'choice', 'choices': ['prefer', 'require', 'off'], 'fold': False, 'default': 'prefer', 'envvar': 'XMPPLL_TLS', 'complete': None, 'eager': False},
+        {'name': 'interfaces', 'kind': 'option', 'opts': ['--interface', '-i'], 'secondary': [], 'multiple': True, 'nargs': 1, 'type': 'str', 'default': [], 'envvar': 'XMPPLL_INTERFACES', 'complete': 'interfaces', 'eager': False},
+        {'name': 'domains', 'kind': 'option', 'opts': ['--domain'], 'secondary': [], 'multiple': True, 'nargs': 1, 'type': 'str', 'default': [], 'envvar': 'XMPPLL_DOMAINS', 'complete': None, 'eager': False},
+        {'name': 'dns_server', 'kind': 'option', 'opts': ['--dns-server'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_DNS_SERVER', 'complete': None, 'eager': False},
+        {'name': 'tsig_key', 'kind': 'option', 'opts': ['--tsig-key'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_TSIG_KEY', 'complete': None, 'eager': False},
+        {'name': 'dns_ttl', 'kind': 'option', 'opts': ['--dns-ttl'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'int', 'default': None, 'envvar': 'XMPPLL_DNS_TTL', 'complete': None, 'eager': False},
+        {'name': 'dns_host', 'kind': 'option', 'opts': ['--dns-host'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': 'XMPPLL_DNS_HOST', 'complete': None, 'eager': False},
+        {'name': 'as_json', 'kind': 'option', 'opts': ['--json'], 'secondary': ['--no-json'], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': None, 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'verbose', 'kind': 'option', 'opts': ['--verbose', '-v'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': False, 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'quiet', 'kind': 'option', 'opts': ['--quiet', '-q'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': False, 'envvar': None, 'complete': None, 'eager': False},
+        {'name': 'color', 'kind': 'option', 'opts': ['--color'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'choice', 'choices': ['auto', 'always', 'never'], 'fold': False, 'default': None, 'envvar': None, 'complete': None, 'eager': True},
+    ],
     'browse': [
         {'name': 'pattern', 'kind': 'argument', 'opts': [], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'str', 'default': None, 'envvar': None, 'complete': None, 'eager': False},
         {'name': 'follow', 'kind': 'option', 'opts': ['--follow', '-f'], 'secondary': [], 'multiple': False, 'nargs': 1, 'type': 'flag', 'default': False, 'envvar': None, 'complete': None, 'eager': False},

@@ -139,18 +139,6 @@ def download_options(func: Any) -> Any:
                         "accept all.", **_env("accept_files"))(func)
 
 
-def _downloads(accept_files: str, download_dir: str | None,
-               max_file_size: int | None) -> Any:
-    from pathlib import Path
-
-    from xmppll.agent.downloads import MAX_FILE_SIZE, DownloadConfig, default_download_dir
-
-    if max_file_size is not None and max_file_size <= 0:
-        raise UsageError("--max-file-size must be positive")
-    folder = Path(download_dir).expanduser() if download_dir else default_download_dir()
-    return DownloadConfig(accept_files, folder, max_file_size or MAX_FILE_SIZE)
-
-
 def quiet_option(func: Any) -> Any:
     return click.option("--quiet", "-q", is_flag=True,
                         help="Print nothing but errors.")(func)
@@ -247,42 +235,18 @@ def announce(name: str | None, port: int | None, status: str, msg: str | None,
       xmppll announce --msg "on call" &
       xmppll announce juliet --status away --nick JuliC
       xmppll announce --domain lan.example --tsig-key ~/.config/xmppll/tsig.key"""
-    from xmppll import identity
-    from xmppll.agent import keymaker
+    from click.core import ParameterSource
 
-    if port is not None and not 0 < port < 65536:
-        raise UsageError(f"invalid port {port}: use 1-65535")
-    me = identity.check_instance_name(name or identity.default_name())
-    # Before the agent's imports: they then overlap with the child making a new key.
-    maker = keymaker.start(identity.state_dir(me), me) if tls != "off" else None
-
-    from xmppll.agent.agent import AgentConfig, run_agent
-    from xmppll.discovery.presence import Presence, parse_txt_option
-
-    presence = Presence(
-        port=port or DEFAULT_PORT, status=status, msg=msg, nick=nick, first=first,
-        last=last, email=email, jid=jid, extra=[parse_txt_option(t) for t in txt],
-        personal=not no_personal,
-    )
-    config = AgentConfig(
-        name=me, presence=presence, interfaces=_check_interfaces(interfaces) or [],
-        rename=not no_rename, port_given=port is not None,
-        reload=_reloader(click.get_current_context()), wide=_wide(dns, need_key=True), tls=tls,
-        retention_policy=keep.policy(), avatar=_read_avatar(avatar),
-        downloads=_downloads(accept_files, download_dir, max_file_size), key_maker=maker,
-    )
-    emit_json = render.wants_json(as_json)
-    _setup_logging(verbose)
-
-    def emit(event: dict[str, Any]) -> None:
-        if quiet:
-            return
-        if emit_json:
-            render.write_json(event)
-        else:
-            render.write_line(render.agent_event_line(event))
-
-    run_agent(config, emit)
+    ctx = click.get_current_context()
+    # SIGHUP re-reads what came from the config file (or nowhere); flags and the
+    # environment keep winning, as at start.
+    from_file = [key for key in oneshot.PRESENCE_SETTINGS
+                 if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT,
+                                                      ParameterSource.DEFAULT_MAP)]
+    oneshot.announce(locals(), from_file=from_file,
+                     interfaces=lambda: _check_interfaces(interfaces),
+                     wide=lambda: _wide(dns, need_key=True), avatar=lambda: _read_avatar(avatar),
+                     retention=keep.policy(), download_dir=download_dir)
 
 
 def _read_avatar(path: str | None) -> bytes | None:
@@ -291,27 +255,6 @@ def _read_avatar(path: str | None) -> bytes | None:
     from xmppll.discovery.mdns.avatar import read_image
 
     return read_image(os.path.expanduser(path))
-
-
-PRESENCE_SETTINGS = ("status", "msg", "nick", "first", "last", "email", "jid")
-
-
-def _reloader(ctx: click.Context) -> Any:
-    """For SIGHUP: the presence settings that come from the config file (those given as
-    flags or environment variables keep winning, as at start)."""
-    from click.core import ParameterSource
-
-    from xmppll.cli import config
-
-    from_file = [key for key in PRESENCE_SETTINGS
-                 if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT,
-                                                      ParameterSource.DEFAULT_MAP)]
-
-    def reload() -> dict[str, Any]:
-        settings = config.load()
-        return {key: settings.get(key) for key in from_file}
-
-    return reload
 
 
 @cli.command()
@@ -658,7 +601,7 @@ def listen(name: str | None, backlog: bool, command: str | None, output: str | N
     agent = client.running(name)
     if not agent:
         background, agent = _start_agent(name, verify, port, no_announce, ifaces, quiet,
-                                         _downloads(accept_files, download_dir,
+                                         oneshot.downloads(accept_files, download_dir,
                                                     max_file_size), tls)
         # The agent runs on a thread and cannot catch signals: make SIGTERM (kill, a
         # service manager) withdraw it like ^C, or peers keep a ghost for the TTL.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     Values = dict[str, Any]
 STEP_ASIDE = object()  # a runner's answer: leave this one to click, nothing was done
+GIVEN = "_given"  # in a runner's values: the names set on the command line or in the env
 
 
 class _Unknown(Exception):
@@ -43,6 +44,9 @@ class _Unknown(Exception):
 # in one of the two; tests/test_fast.py checks it, so an option added to a command is
 # answered by click until someone says here what it means on the agent path.
 HANDLED = {
+    "announce": {"name", "port", "status", "msg", "nick", "first", "last", "email", "jid",
+                 "txt", "no_personal", "no_rename", "accept_files", "max_file_size", "tls",
+                 "as_json", "verbose", "quiet", "color"},
     "browse": {"pattern", "follow", "timeout", "as_table", "as_json", "color"},
     "status": {"status", "msg", "name", "as_json", "quiet", "color"},
     "withdraw": {"name", "as_json", "quiet"},
@@ -52,6 +56,8 @@ HANDLED = {
     "listen": {"name", "backlog", "command", "output", "as_json", "quiet", "color"},
 }
 TO_CLICK = {
+    "announce": {"avatar", "keep_days", "keep_size", "download_dir", "interfaces", "domains",
+                 "dns_server", "tsig_key", "dns_ttl", "dns_host"},
     "browse": {"no_agent", "no_link", "interfaces", "domains", "dns_server"},
     "status": {"interfaces", "avatar", "no_avatar"},
     "withdraw": {"stale", "interfaces", "domains", "dns_server", "tsig_key"},
@@ -158,10 +164,10 @@ def _convert(param: dict[str, Any], value: str) -> Any:
 
 
 def parse(command: str, args: list[str], *, defaults: Values | None = None
-          ) -> tuple[Values, set[str], set[str]]:
-    """(values, names set from argv, names set from the environment or `defaults`,
-    the config file's) as click would parse `xmppll COMMAND ARGS`; raises _Unknown
-    where click would say more than a value (help, an error)."""
+          ) -> tuple[Values, set[str], set[str], set[str]]:
+    """(values, names set from argv, from the environment, from `defaults`, the config
+    file's) as click would parse `xmppll COMMAND ARGS`; raises _Unknown where click
+    would say more than a value (help, an error)."""
     from xmppll.cli import _fastspec
 
     params = _fastspec.COMMANDS[command]
@@ -233,7 +239,8 @@ def parse(command: str, args: list[str], *, defaults: Values | None = None
             raise _Unknown
     if positional:
         raise _Unknown  # click: "Got unexpected extra argument"
-    from_elsewhere: set[str] = set()
+    from_env: set[str] = set()
+    from_config: set[str] = set()
     for p in params:
         name = p["name"]
         if name in values:
@@ -246,15 +253,15 @@ def parse(command: str, args: list[str], *, defaults: Values | None = None
                 raise _Unknown
             values[name] = (tuple(_convert(p, v) for v in raw.split()) if p["multiple"]
                             else _convert(p, raw))
-            from_elsewhere.add(name)
+            from_env.add(name)
         elif defaults and name in defaults:
             value = defaults[name]
             values[name] = tuple(value) if p["multiple"] else value
-            from_elsewhere.add(name)
+            from_config.add(name)
         else:
             default = p["default"]
             values[name] = tuple(default) if isinstance(default, list) else default
-    return values, from_argv, from_elsewhere
+    return values, from_argv, from_env, from_config
 
 
 def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
@@ -265,10 +272,12 @@ def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
         return None
     command = args[0]
     try:
-        values, from_argv, from_elsewhere = parse(command, args[1:],
-                                                  defaults=_config_defaults(command))
+        values, from_argv, from_env, from_config = parse(
+            command, args[1:], defaults=_config_defaults(command))
     except _Unknown:
         return None
+    given = from_argv | from_env
+    from_elsewhere = from_env | from_config
     for p in _fastspec.COMMANDS[command]:
         name = p["name"]
         if name in HANDLED[command]:
@@ -278,6 +287,7 @@ def plan(args: list[str]) -> tuple[Callable[[Values], Any], Values] | None:
         if name in ARGV_TO_CLICK.get(command, ()) and name not in from_argv:
             continue
         return None
+    values[GIVEN] = frozenset(given)
     return RUNNERS[command], values
 
 
@@ -435,9 +445,24 @@ def _listen(v: Values) -> Any:
     return None
 
 
+def _announce(v: Values) -> Any:
+    """`announce` with none of the options that need click's checks: the agent starts
+    ~35 ms sooner, and keeps none of click's ~5 MB (issue 14)."""
+    import warnings
+
+    from xmppll.agent.policy import Policy
+    from xmppll.cli import oneshot, render
+
+    warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
+    oneshot.announce(v, from_file=[k for k in oneshot.PRESENCE_SETTINGS if k not in v[GIVEN]],
+                     interfaces=lambda: None, wide=lambda: None, avatar=lambda: None,
+                     retention=Policy.of(v["keep_days"], v["keep_size"]), download_dir=None)
+    return None
+
+
 RUNNERS: dict[str, Callable[[Values], Any]] = {
-    "browse": _browse, "status": _status, "withdraw": _withdraw, "send": _send,
-    "listen": _listen,
+    "announce": _announce, "browse": _browse, "status": _status, "withdraw": _withdraw,
+    "send": _send, "listen": _listen,
 }
 
 
@@ -459,7 +484,7 @@ def completing(args: list[str], incomplete: str) -> str | None:
         if option["type"] != "flag":
             return option["complete"] if words[-1] in option["opts"] else None
     try:
-        values, _, _ = parse(command, words)
+        values, *_ = parse(command, words)
     except _Unknown:
         return None
     for p in params:  # click: the first argument without a value, or nargs=-1

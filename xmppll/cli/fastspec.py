@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 TARGET = HERE / "_fastspec.py"
 # The modules whose click decorators define the options of the commands below.
 SOURCE_FILES = ("commands.py", "keep.py")
-COMMANDS = ("browse", "listen", "send", "status", "withdraw")
+COMMANDS = ("announce", "browse", "listen", "send", "status", "withdraw")
 
 
 def sources_checksum(directory: Path = HERE) -> int:

@@ -225,3 +225,71 @@ def listen_to(agent: str, *, backlog: bool, command: str | None, output: str | N
     finally:
         if runner:
             runner.close()
+
+
+PRESENCE_SETTINGS = ("status", "msg", "nick", "first", "last", "email", "jid")
+
+
+def downloads(accept_files: str, download_dir: str | None, max_file_size: int | None) -> Any:
+    """The agent's DownloadConfig from the file options."""
+    from pathlib import Path
+
+    from xmppll.agent.downloads import MAX_FILE_SIZE, DownloadConfig, default_download_dir
+
+    if max_file_size is not None and max_file_size <= 0:
+        raise UsageError("--max-file-size must be positive")
+    folder = Path(download_dir).expanduser() if download_dir else default_download_dir()
+    return DownloadConfig(accept_files, folder, max_file_size or MAX_FILE_SIZE)
+
+
+def announce(v: dict[str, Any], *, from_file: list[str], interfaces: Any, wide: Any,
+             avatar: Any, retention: Any, download_dir: str | None) -> None:
+    """`announce`: run the agent in this process until interrupted or withdrawn.
+    `v` holds the command's options by name; `from_file`, the presence settings a
+    SIGHUP re-reads from the config file; interfaces, wide and avatar are checked
+    (callables) once the key maker runs."""
+    from xmppll import identity
+    from xmppll.agent import keymaker
+    from xmppll.defaults import DEFAULT_PORT
+
+    port = v["port"]
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"invalid port {port}: use 1-65535")
+    me = identity.check_instance_name(v["name"] or identity.default_name())
+    # Before the agent's imports: they then overlap with the child making a new key.
+    maker = keymaker.start(identity.state_dir(me), me) if v["tls"] != "off" else None
+
+    from xmppll.agent.agent import AgentConfig, run_agent
+    from xmppll.discovery.presence import Presence, parse_txt_option
+
+    presence = Presence(
+        port=port or DEFAULT_PORT, status=v["status"], msg=v["msg"], nick=v["nick"],
+        first=v["first"], last=v["last"], email=v["email"], jid=v["jid"],
+        extra=[parse_txt_option(t) for t in v["txt"]], personal=not v["no_personal"],
+    )
+
+    def reload() -> dict[str, Any]:
+        from xmppll.cli import config
+
+        settings = config.load()
+        return {key: settings.get(key) for key in from_file}
+
+    agent_config = AgentConfig(
+        name=me, presence=presence, interfaces=interfaces() or [],
+        rename=not v["no_rename"], port_given=port is not None, reload=reload,
+        wide=wide(), tls=v["tls"], retention_policy=retention, avatar=avatar(),
+        downloads=downloads(v["accept_files"], download_dir, v["max_file_size"]),
+        key_maker=maker,
+    )
+    emit_json = render.wants_json(v["as_json"])
+    setup_logging(v["verbose"])
+
+    def emit(event: dict[str, Any]) -> None:
+        if v["quiet"]:
+            return
+        if emit_json:
+            render.write_json(event)
+        else:
+            render.write_line(render.agent_event_line(event))
+
+    run_agent(agent_config, emit)
