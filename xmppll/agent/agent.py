@@ -129,9 +129,14 @@ class Agent:
 
     async def run(self) -> None:
         self._take_lock()
-        keymaker.finish(self.config.key_maker)
-        self.tls = make_tls(self.config.tls, self.state, self.config.name, self.presence)
-        self.txt()  # refuse an unpublishable record before touching the network
+        self.tls = tls.Tls(self.config.tls, None, tls.KnownPeers(identity.known_peers_path()))
+        if self.tls.on and self.config.key_maker is None:
+            self._add_key()
+        # Refuse an unpublishable record before touching the network (with a pin of the
+        # right size in it while the key is still being made).
+        pending = [(tls.TXT_KEY, tls.PIN_SHAPE)] if self.tls.on and not self.tls.creds else []
+        encode_txt(replace(self.presence, extra=[*self.presence.extra, *pending]),
+                   caps_tuple())
         self.listeners = bind_port(self.presence.port, self.config.port_given)
         self.presence.port = self.listeners[0].getsockname()[1]
         await self.directory.start()
@@ -150,6 +155,8 @@ class Agent:
             if self.config.publish:
                 await self._publish()
             else:
+                if self.tls.on and self.tls.creds is None:
+                    await self._key_made()
                 await self.control.start(self.config.name)
                 self.emit({"event": "listening", "name": self.config.name,
                            "port": self.presence.port, "addresses": self._local_addresses()})
@@ -208,9 +215,30 @@ class Agent:
 
         return [a.address for a in local_addresses(self.config.interfaces or None)]
 
+    def _add_key(self) -> None:
+        """Our credentials, and their fingerprint in our presence."""
+        assert self.tls is not None
+        creds = tls.Credentials.load_or_create(keymaker.key_dir(self.state), self.config.name)
+        self.presence.extra = [(k, v) for k, v in self.presence.extra
+                               if k.lower() != tls.TXT_KEY]
+        self.presence.extra.append((tls.TXT_KEY, creds.pin))
+        self.tls.creds = creds
+
+    async def _key_made(self) -> bytes:
+        """The TXT with the pin of the key announce's child made (agent/keymaker.py):
+        awaited once the name is probed, so making it never delays the first probe."""
+        await asyncio.get_running_loop().run_in_executor(None, keymaker.finish,
+                                                          self.config.key_maker)
+        self._add_key()
+        return self.txt()
+
     async def _publish(self) -> None:
+        assert self.tls is not None
+        final = (asyncio.ensure_future(self._key_made())
+                 if self.tls.on and self.tls.creds is None else None)
         published = await self.directory.publish(self.config.name, self.presence.port,
-                                                  self.txt(), rename=self.config.rename)
+                                                  self.txt(), rename=self.config.rename,
+                                                  final_txt=final)
         await self.control.start(published.name)
         self.emit({"event": "announced", "name": published.name, "host": published.host,
                    "addresses": published.addresses, "port": published.port,
@@ -508,17 +536,6 @@ class Agent:
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
         await reply(writer, {"ok": True, "name": self.name})
         self.stop_event.set()
-
-
-def make_tls(policy: str, state: Any, name: str, presence: Presence) -> tls.Tls:
-    """The name's key and certificate (made on its first announce, in its state
-    directory) with its fingerprint added to the presence, unless the policy is off."""
-    creds = None
-    if policy != "off":
-        creds = tls.Credentials.load_or_create(keymaker.key_dir(state), name)
-        presence.extra = [(k, v) for k, v in presence.extra if k.lower() != tls.TXT_KEY]
-        presence.extra.append((tls.TXT_KEY, creds.pin))
-    return tls.Tls(policy, creds, tls.KnownPeers(identity.known_peers_path()))
 
 
 def sd_notify(state: str) -> None:

@@ -262,7 +262,7 @@ class OneShot:
 
 def transient_presence(port: int, creds: Credentials | None) -> Presence:
     """Available, on `port`, with the name's TLS key when it has one (as its agent
-    publishes it: xmppll.agent.agent.make_tls)."""
+    publishes it: xmppll.agent.agent.Agent._add_key)."""
     presence = Presence(port=port, status="avail")
     if creds is not None:
         presence.extra.append((TXT_KEY, creds.pin))

@@ -10,7 +10,7 @@ face, so a second implementation plugs in without touching the agent or streams.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,8 +85,11 @@ class Directory(Protocol):
         """A connection to `name` failed: what we hold may be out of date, ask again
         (RFC 6762 §10.4)."""
 
-    async def publish(self, name: str, port: int, txt: bytes, *,
-                      rename: bool) -> Published: ...
+    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool,
+                      final_txt: Awaitable[bytes] | None = None) -> Published:
+        """Probe or claim `name`, then publish. `final_txt`, when given, is the TXT to
+        register, awaited only once the name is ours: a name's first key is still being
+        made while it is probed (agent/keymaker.py); `txt` serves until then."""
 
     async def update(self, txt: bytes) -> None: ...
 
@@ -137,10 +140,14 @@ class Directories:
         for member in self.members:
             member.stale(name)
 
-    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool) -> Published:
+    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool,
+                      final_txt: Awaitable[bytes] | None = None) -> Published:
         """The first member may rename us (an mDNS conflict); the others then publish
         that name as it is."""
-        first = await self.members[0].publish(name, port, txt, rename=rename)
+        first = await self.members[0].publish(name, port, txt, rename=rename,
+                                              final_txt=final_txt)
+        if final_txt is not None:
+            txt = await final_txt
         for member in self.members[1:]:
             await member.publish(first.name, port, txt, rename=False)
         return first

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,10 @@ class MdnsDirectory:
     def record(self) -> Publication | None:
         return self.publisher.record if self.publisher else None
 
-    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool) -> Published:
-        """Probe, rename while taken, register. The host name is checked during the
-        probe, not before it: visible sooner."""
+    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool,
+                      final_txt: Awaitable[bytes] | None = None) -> Published:
+        """Probe, rename while taken, register. The host name is checked (and
+        `final_txt` awaited) during the probe, not before it: visible sooner."""
         label = identity.host_label()
         mine = local_addresses(self.interfaces)
         host = asyncio.ensure_future(
@@ -129,7 +131,7 @@ class MdnsDirectory:
         self.publisher = Publisher(self.azc, rename=rename, on_event=self._on_publish)
         self.publisher.before_register = self._announce_picture
         record = await self.publisher.publish(Publication(name, f"{label}.local.", port, txt, []),
-                                              host)
+                                              host, final_txt)
         self._published(record)
         if self.host_follower is None:  # beside avahi: follow its host name
             self.host_follower = HostFollower(self.azc.zeroconf, self.publisher,

@@ -194,12 +194,14 @@ class Publisher:
         self.before_register: Callable[[Publication], None] = lambda record: None
 
     async def publish(
-        self, record: Publication, host: Awaitable[tuple[str, list[str]]] | None = None
+        self, record: Publication, host: Awaitable[tuple[str, list[str]]] | None = None,
+        final_txt: Awaitable[bytes] | None = None,
     ) -> Publication:
         """Probe, rename while taken, register; returns the record actually published.
 
-        `host`, when given, yields the final SRV target and addresses; checking the host
-        name runs during the probe instead of before it (announce visible sooner)."""
+        `host`, when given, yields the final SRV target and addresses, and `final_txt`
+        the TXT to register; both are awaited after the probe, so checking the host
+        name and making a new key run during it (announce visible sooner)."""
         wanted = record.name
         for attempt in range(2, MAX_RENAMES + 2):
             if not await self._probe(record):
@@ -217,6 +219,9 @@ class Publisher:
         if host is not None:
             server, addresses = await host
             record = Publication(record.name, server, record.port, record.txt, addresses)
+        if final_txt is not None:
+            record = Publication(record.name, record.server, record.port, await final_txt,
+                                 record.addresses)
         await self._register(record)
         if record.name != wanted:
             self.on_event({"event": "renamed", "from": wanted, "name": record.name})

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +179,13 @@ class WideAreaDirectory:
                 if advertises(peer.addresses, address)]
 
     # -- publishing
-    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool) -> Published:
+    async def publish(self, name: str, port: int, txt: bytes, *, rename: bool,
+                      final_txt: Awaitable[bytes] | None = None) -> Published:
         """One signed UPDATE per domain; the first failure is the caller's error."""
         if self.settings.key is None:
             raise XmpplError("publishing in a DNS domain needs --tsig-key", 64)
+        if final_txt is not None:
+            txt = await final_txt
         label = identity.host_label()
         own_host = self.settings.host is None
         first = self.settings.domains[0]
