@@ -378,3 +378,26 @@ async def test_a_long_stream_keeps_no_stored_stanza(names: Names, tmp_path: Path
     finally:
         await sender.close()
         await receiver.close()
+
+
+@run
+async def test_a_sender_that_stops_advertising_its_address_is_no_longer_verified(
+        names: Names, tmp_path: Path) -> None:
+    """The sender is checked again at each read: what it sends once its name no longer
+    advertises the address it speaks from is stored as unverified."""
+    receiver = await Side("r@h2", names, tmp_path / "r").start()
+    names.add("s@h1", 1)  # advertises 127.0.0.1, the address it connects from
+    reader, writer = await asyncio.open_connection(LOOP, receiver.port)
+    try:
+        writer.write(header(from_="s@h1", to="r@h2", version=None))
+        for i, step in enumerate(("advertised", "gone")):
+            writer.write(f"<message from='s@h1' to='r@h2' type='chat' id='v{i}'>"
+                         f"<body>{step}</body></message>".encode())
+            await writer.drain()
+            await wait_for(lambda i=i: len(receiver.stored()) == i + 1)
+            names.table.pop("s@h1", None)
+        assert [(r["body"], r["verified"]) for r in receiver.stored()] == [
+            ("advertised", True), ("gone", False)]
+    finally:
+        writer.close()
+        await receiver.close()

@@ -169,6 +169,8 @@ class Connection:
         self.error: str | None = None  # a <stream:error> condition the peer sent
         self.failure: BaseException | None = None  # why our read side ended, if not a close
         self.unstored: deque[asyncio.Future] = deque()
+        self._reads = 0  # reads from the socket so far
+        self._checked = 0  # the read whose stanzas last re-checked the sender
         self.store_failed = False
         self.last_used = asyncio.get_running_loop().time()
         self.idle_handle: asyncio.TimerHandle | None = None
@@ -276,6 +278,7 @@ class Connection:
                 await self._settle()  # the peer dropped TCP after (or without) its close
                 return
             self.last_used = loop.time()
+            self._reads += 1
             parser = self.parser
             try:
                 events = parser.feed(data)
@@ -453,9 +456,12 @@ class Connection:
         if not self.initiator:
             if self.peer is None and self.verified is None:
                 await self._identify(element.get("from") or None)
-            elif self.verified is not None:
-                # Checked again for every stanza: if the name stops advertising this
-                # address mid-stream, what follows is no longer vouched for.
+            elif self.verified is not None and self._checked != self._reads:
+                # Checked again for every read: if the name stops advertising this
+                # address mid-stream, what follows is no longer vouched for. Not for
+                # every stanza: those of one read arrived together, and the check (the
+                # directory, the known keys' file) was a flood's largest cost.
+                self._checked = self._reads
                 self.verified = self.hub.still_verified(self.peer, self.remote, self.proven)
             if self.hub.strict and not self.verified:
                 raise Refused(f"sender {self.peer or 'unknown'} is not verified")
