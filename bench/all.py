@@ -231,8 +231,9 @@ def floor() -> list[str]:
     return [CURRENT.python, "-c", "pass"]
 
 
-def start_agent(host: Host, name: str) -> tuple[subprocess.Popen[Any], dict[str, Any]]:
-    proc = host.popen(xmppll("announce", "--json", name))
+def start_agent(host: Host, name: str, inst: Install | None = None
+                ) -> tuple[subprocess.Popen[Any], dict[str, Any]]:
+    proc = host.popen((inst or CURRENT).xmppll("announce", "--json", name))
     # drained, so a chatty agent never blocks on a full pipe; kept for error reports
     proc.err_lines = Lines(proc.stderr)  # type: ignore[attr-defined]
     event = Lines(proc.stdout).wait_json(lambda r: r["event"] == "announced", 30)
@@ -575,11 +576,16 @@ def bench_messaging(res: Results, runs: int, messages: int,
             ("status", lambda: timed("startup/status", r1, xmppll("status", "--json"))),
         ], runs)
 
-        for streams in shapes:
-            name = f"flood{streams}@h4"
-            agent, event = start_agent(h4, name)
+        # One stream also against the baseline's agent (--baseline), in the same LAN.
+        floods = [(streams, CURRENT, "") for streams in shapes]
+        if BASELINE is not None:
+            floods.insert(1, (1, BASELINE, "-before"))
+        for streams, inst, before in floods:
+            name = f"flood{streams}{before}@h4"
+            agent, event = start_agent(h4, name, inst)
             state = Path(h4.env["XDG_STATE_HOME"]) / "xmppll" / name
-            res.get(f"flood/{streams}/idle-rss").values.append(proc_stat(agent.pid)[1])
+            key = f"{streams}{before}"  # the results' key
+            res.get(f"flood/{key}/idle-rss").values.append(proc_stat(agent.pid)[1])
             stored = 0
             overflows = listen_overflows(h4)
             for i in range(min(runs, 5)):
@@ -589,8 +595,8 @@ def bench_messaging(res: Results, runs: int, messages: int,
                 # The last seq, not a line count: the inbox seals its file every 16 MiB.
                 now = history.stats(state)["last_seq"] or 0
                 got, stored = now - stored, now
-                res.get(f"flood/{streams}/hwm").values.append(proc_stat(agent.pid)[2])
-                s = res.get(f"flood/{streams}/rate")
+                res.get(f"flood/{key}/hwm").values.append(proc_stat(agent.pid)[2])
+                s = res.get(f"flood/{key}/rate")
                 s.found.append(got)
                 s.expected = messages
                 if reply["rc"]:  # kept as a marked error: the other runs still count
@@ -601,7 +607,7 @@ def bench_messaging(res: Results, runs: int, messages: int,
                                     f"stderr: {agent_said}")
                     continue
                 s.values.append(messages / json.loads(reply["out"])["seconds"])
-            res.get(f"flood/{streams}/overflows").values.append(
+            res.get(f"flood/{key}/overflows").values.append(
                 listen_overflows(h4) - overflows)
             agent.terminate()
             agent.wait(10)
@@ -806,6 +812,12 @@ def report(res: Results, cfg: argparse.Namespace, info: dict[str, Any]) -> str:
             if streams > 1 else "",
             f"agent peak RSS {timing(rss, 'MB')} (idle {timing(idle_rss, 'MB')}); "
             f"stored {completeness(rate)}; {overflow_note(S(f'flood/{streams}/overflows'))}")
+    if "flood/1-before/rate" in res.series:
+        row("Messaging", f"inbox throughput, 1 stream, this tree vs before ({cfg.baseline})",
+            timing(S("flood/1/rate"), "/s"), "before", timing(S("flood/1-before/rate"), "/s"),
+            ratio(one, res.median("flood/1-before/rate")),
+            f"the same flood against each agent in one LAN; before: stored "
+            f"{completeness(S('flood/1-before/rate'))}")
     path_floor = res.median("path/floor")
     for key, what, target in (
             ("status", "`xmppll status --json`", AGENT_PATH_TARGET),
@@ -987,7 +999,7 @@ def main() -> None:
     parser.add_argument("--editable", action="store_true", help="time this interpreter's "
                         "install (-m xmppll) instead of a wheel in a venv of its own")
     parser.add_argument("--baseline", metavar="REV", help="also time a wheel of REV (git) "
-                        "on the agent path, as 'before'")
+                        "on the agent path and one stream's flood, as 'before'")
     parser.add_argument("--only", metavar="SECTIONS", help="comma-separated: discovery, "
                         "publication, messaging, agent-path [all]")
     parser.add_argument("--png", type=Path, help="draw how the costs grow with the peers "
