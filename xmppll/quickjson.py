@@ -27,7 +27,6 @@ class _Decoding:
     parse_float = float
     parse_int = int
     parse_constant = staticmethod(_CONSTANTS.__getitem__)
-    memo: dict[str, Any] = {}
 
 
 def _unserializable(obj: Any) -> Any:
