@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -604,3 +606,14 @@ def test_progress_counts() -> None:
     p.done = 5
     assert p.rate() >= 0
     assert tempfile.gettempdir()
+
+
+def test_an_idle_agent_loads_no_file_transfer() -> None:
+    """Issue 14: receiving files is loaded with the first offer (agent/downloads.py);
+    the LAN tests send every offer to agents that start without it."""
+    code = ("import sys, xmppll.agent.agent; "
+            "print(' '.join(sorted(m for m in sys.modules if '.files' in m)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["xmppll.xmpp.files", "xmppll.xmpp.files.names",
+                                   "xmppll.xmpp.files.namespaces"]

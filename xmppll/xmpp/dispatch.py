@@ -63,6 +63,9 @@ class Dispatcher:
     def on_iq(self, type_: str, namespace: str, handler: IqHandler) -> None:
         self._iq[(type_, namespace)] = handler
 
+    def iq_handler(self, type_: str, namespace: str) -> IqHandler | None:
+        return self._iq.get((type_, namespace))
+
     def after_store(self, namespace: str, hook: AfterStore) -> None:
         self._after[namespace] = hook
 

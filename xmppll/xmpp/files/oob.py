@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from xmppll.errors import DataError, ProtocolFailure
 from xmppll.xmpp.files import sockets
+from xmppll.xmpp.files.namespaces import OOB_NS
 from xmppll.xmpp.files.si import error
 from xmppll.xmpp.files.transfer import Progress, Reader, Sink, Source, receive, send_file
 
-OOB_NS = "jabber:iq:oob"
 CLIENT_NS = "jabber:client"
 MAX_HEADERS = 100
 REQUEST_TIMEOUT = 10.0

@@ -14,9 +14,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from xmppll.errors import DataError
-from xmppll.xmpp.files.socks5 import BYTESTREAMS_NS
+from xmppll.xmpp.files.namespaces import BYTESTREAMS_NS, SI_NS
 
-SI_NS = "http://jabber.org/protocol/si"
 FT_NS = "http://jabber.org/protocol/si/profile/file-transfer"
 FEATURE_NEG_NS = "http://jabber.org/protocol/feature-neg"
 XDATA_NS = "jabber:x:data"

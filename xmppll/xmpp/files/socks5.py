@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from xmppll.errors import DataError, ProtocolFailure
 from xmppll.xmpp.files import sockets
+from xmppll.xmpp.files.namespaces import BYTESTREAMS_NS
 from xmppll.xmpp.files.sockets import recv_exact
 
-BYTESTREAMS_NS = "http://jabber.org/protocol/bytestreams"
 CLIENT_NS = "jabber:client"
 HANDSHAKE_TIMEOUT = 10.0
 
