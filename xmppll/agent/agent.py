@@ -134,7 +134,7 @@ class Agent:
             self._add_key()
         # Refuse an unpublishable record before touching the network (with a pin of the
         # right size in it while the key is still being made).
-        pending = [(tls.TXT_KEY, tls.PIN_SHAPE)] if self.tls.on and not self.tls.creds else []
+        pending = [(tls.TXT_KEY, tls.PIN_SHAPE)] if self._key_pending() else []
         encode_txt(replace(self.presence, extra=[*self.presence.extra, *pending]),
                    caps_tuple())
         self.listeners = bind_port(self.presence.port, self.config.port_given)
@@ -155,7 +155,7 @@ class Agent:
             if self.config.publish:
                 await self._publish()
             else:
-                if self.tls.on and self.tls.creds is None:
+                if self._key_pending():
                     await self._key_made()
                 await self.control.start(self.config.name)
                 self.emit({"event": "listening", "name": self.config.name,
@@ -215,6 +215,11 @@ class Agent:
 
         return [a.address for a in local_addresses(self.config.interfaces or None)]
 
+    def _key_pending(self) -> bool:
+        """TLS is on and announce's child is still making our first key."""
+        assert self.tls is not None
+        return self.tls.on and self.tls.creds is None
+
     def _add_key(self) -> None:
         """Our credentials, and their fingerprint in our presence."""
         assert self.tls is not None
@@ -233,9 +238,7 @@ class Agent:
         return self.txt()
 
     async def _publish(self) -> None:
-        assert self.tls is not None
-        final = (asyncio.ensure_future(self._key_made())
-                 if self.tls.on and self.tls.creds is None else None)
+        final = asyncio.ensure_future(self._key_made()) if self._key_pending() else None
         published = await self.directory.publish(self.config.name, self.presence.port,
                                                   self.txt(), rename=self.config.rename,
                                                   final_txt=final)

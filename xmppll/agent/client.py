@@ -99,6 +99,8 @@ def withdraw(name: str | None) -> Json:
 def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None) -> Json:
     """Goodbyes for what a dead agent left: on the link, and with `wide` in DNS (a
     signed UPDATE deletes its records: DNS has no goodbye)."""
+    import contextlib
+
     from xmppll.discovery.mdns import oneshot
 
     if control.is_alive(identity.socket_path(name)):
@@ -110,8 +112,6 @@ def withdraw_stale(name: str, interfaces: list[str] | None, *, wide: Any = None)
     from xmppll.discovery.widearea import oneshot as wide_oneshot
 
     domains = wide_oneshot.withdraw_stale(wide, name)
-    import contextlib
-
     with contextlib.suppress(NoPeerError):  # no mDNS record left: the DNS one was
         oneshot.withdraw_stale(name, interfaces)
     return {"event": "withdrawn", "name": name, "stale": True, "domains": domains}

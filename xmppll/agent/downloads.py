@@ -76,7 +76,6 @@ class DownloadConfig:
     max_size: int = MAX_FILE_SIZE
 
 
-
 def free_space(folder: Path) -> int | None:
     path = folder
     while not path.exists() and path != path.parent:

@@ -26,7 +26,6 @@ def sent_path(state: Path) -> Path:
     return state / SENT_FILE
 
 
-
 class SentLog:
     def __init__(self, state: Path, max_bytes: int = MAX_BYTES) -> None:
         self.path = sent_path(state)

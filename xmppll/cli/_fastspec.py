@@ -2,7 +2,7 @@
 do not edit."""
 # ruff: noqa: E501
 
-SOURCES = 0x68977061
+SOURCES = 0x7e039753
 
 COMMANDS = {
     'announce': [

@@ -10,7 +10,6 @@ import contextlib
 import os
 import sys
 import time
-import warnings
 from typing import Any
 
 import click
@@ -914,7 +913,7 @@ def _builtin(key: str, identity: Any) -> Any:
 
 def main() -> None:
     """Console entry point: map every failure to one stderr line and an exit code."""
-    warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
+    oneshot.warnings_as_lines()
     if COMPLETE_VAR in os.environ:
         _complete()
     try:

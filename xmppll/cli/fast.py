@@ -384,11 +384,9 @@ def _send(v: Values) -> Any:
     me = identity.check_instance_name(v["from_"] or identity.default_name())
     agent = client.sending_agent(v["from_"])
     if agent is None:
-        # Standalone (no --interface, --domain, --tls or --verbose: those go to click):
+        # Standalone (no --interface, --domain or --verbose: those go to click):
         # resolve and connect here, as commands.send does, without click's ~35 ms.
-        import warnings
-
-        warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
+        oneshot.warnings_as_lines()
         oneshot.setup_logging(False)
     with render.progress(messages.progress_text(),
                          enabled=not (v["quiet"] or messages.reads_stdin)):
@@ -448,12 +446,10 @@ def _listen(v: Values) -> Any:
 def _announce(v: Values) -> Any:
     """`announce` with none of the options that need click's checks: the agent starts
     ~35 ms sooner, and keeps none of click's ~5 MB (issue 14)."""
-    import warnings
-
     from xmppll.agent.policy import Policy
-    from xmppll.cli import oneshot, render
+    from xmppll.cli import oneshot
 
-    warnings.showwarning = lambda message, *a, **kw: render.warn(str(message))
+    oneshot.warnings_as_lines()
     oneshot.announce(v, from_file=[k for k in oneshot.PRESENCE_SETTINGS if k not in v[GIVEN]],
                      interfaces=lambda: None, wide=lambda: None, avatar=lambda: None,
                      retention=Policy.of(v["keep_days"], v["keep_size"]), download_dir=None)

@@ -20,6 +20,14 @@ def exit_with(exc: XmpplError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def warnings_as_lines() -> None:
+    """A Python warning (a status message cut to fit the TXT record) as one line of
+    ours on stderr, not the interpreter's two with a source line."""
+    import warnings
+
+    warnings.showwarning = lambda message, *args, **kw: render.warn(str(message))
+
+
 def quiet_stdout() -> None:
     """After a broken pipe, the interpreter's final flush of stdout would fail again
     and print a traceback: point stdout at /dev/null first."""
