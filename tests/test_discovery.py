@@ -181,6 +181,27 @@ def test_status_change_and_withdraw_reach_a_follower(lan: Lan) -> None:
         "a status change is an update in place, never a goodbye and a new add"
 
 
+def test_withdraw_then_announce_hands_the_name_over(lan: Lan) -> None:
+    """`withdraw` answers once peers have been told, while its agent still repeats the
+    goodbyes; an announce of the same name right after waits for that agent to go
+    instead of failing as "already running", so the goodbyes all precede its probe."""
+    a, b, _ = lan
+    watcher = follow(b)
+    old = announce(a, "mercutio@h1")
+    announced(old)
+    event(watcher, "added", "mercutio@h1")
+    new = Proc(a.popen(["sh", "-c", '"$0" -m xmppll withdraw mercutio@h1 >/dev/null && '
+                        'exec "$0" -m xmppll announce --json mercutio@h1', sys.executable]))
+    assert announced(new)["name"] == "mercutio@h1", "no rename: the old agent had left"
+    assert old.wait_exit() == 0
+    event(watcher, "removed", "mercutio@h1")
+    event(watcher, "added", "mercutio@h1")
+    browse_until(b, lambda peers: "mercutio@h1" in peers)
+    kinds = [e["event"] for e in watcher.events() if e["name"] == "mercutio@h1"]
+    assert kinds == ["added", "removed", "added"], kinds
+    assert not [line for line in new.err.lines if "error" in line], new.err.lines
+
+
 def test_withdraw_stale_clears_a_killed_agent(lan: Lan) -> None:
     a, b, _ = lan
     watcher = follow(b)

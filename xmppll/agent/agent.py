@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xmppll import identity
-from xmppll.agent import keymaker, retention
+from xmppll.agent import keymaker, locks, retention
 from xmppll.agent.control_server import ControlServer, reply
 from xmppll.agent.downloads import DownloadConfig, Downloads
 from xmppll.agent.inbox import Inbox, catch_up
@@ -37,7 +36,6 @@ from xmppll.errors import (
     DataError,
     NoPeerError,
     TimeoutFailure,
-    UnavailableError,
     XmpplError,
 )
 from xmppll.xmpp import caps, tls
@@ -106,6 +104,7 @@ class Agent:
         self.delivery: Delivery | None = None
         self.downloads: Downloads | None = None
         self.ready = asyncio.Event()
+        self.told = asyncio.Event()  # our first goodbyes are out
         self._lock_fd: int | None = None
         self.control = ControlServer(self)
 
@@ -128,7 +127,7 @@ class Agent:
         return encode_txt(self.presence, caps_tuple())
 
     async def run(self) -> None:
-        self._take_lock()
+        self._lock_fd = await locks.take_name(self.state, self.config.name)
         self.tls = tls.Tls(self.config.tls, None, tls.KnownPeers(identity.known_peers_path()))
         if self.tls.on and self.config.key_maker is None:
             self._add_key()
@@ -258,21 +257,6 @@ class Agent:
                 "dns_host": next(iter(domains.values()))["host"].rstrip("."),
                 "dns_addresses": wide[0].published["addresses"]}
 
-    def _take_lock(self) -> None:
-        """One agent per name: a second one refuses with a clear error; the lock dies
-        with its process, so a kill -9 never leaves the name locked."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UnavailableError(
-                f"an agent for {self.config.name} is already running "
-                f"(stop it with: xmppll withdraw {self.config.name})"
-            ) from None
-        self._lock_fd = fd
-
     def _presence_json(self) -> dict[str, Any]:
         data = self.presence.to_json()
         data.pop("port")
@@ -331,15 +315,23 @@ class Agent:
         loop.call_soon_threadsafe(self.stop_event.set)
 
     async def _shutdown(self) -> None:
+        """Goodbyes first, so that `withdraw` can answer once peers have been told;
+        the streams are closed and the goodbyes repeated after it (locks.py)."""
         sd_notify("STOPPING=1")
-        if self.hub:
-            await self.hub.close()
+        if self._lock_fd is not None:
+            locks.mark_withdrawing(self._lock_fd)
+        await self.control.stop()  # commands started from now on find no agent
         name = self.mdns.record.name if self.mdns.record else None
-        await self.directory.withdraw()
+        try:
+            repeats = await self.directory.withdraw()
+        finally:
+            self.told.set()
         if name:
             self.emit({"event": "withdrawn", "name": name})
+        if self.hub:
+            await self.hub.close()
+        await repeats
         await self.directory.close()
-        await self.control.stop()
         for sock in self.listeners:
             sock.close()
         if self.inbox:
@@ -537,8 +529,10 @@ class Agent:
             self.subscribers.pop(queue, None)
 
     async def op_withdraw(self, req: dict, writer: asyncio.StreamWriter) -> None:
-        await reply(writer, {"ok": True, "name": self.name})
+        name = self.name
         self.stop_event.set()
+        await self.told.wait()
+        await reply(writer, {"ok": True, "name": name})
 
 
 def sd_notify(state: str) -> None:

@@ -6,9 +6,6 @@ The command-line face calls one function here per command and prints what it get
 
 from __future__ import annotations
 
-import os
-import time
-
 from xmppll import identity
 from xmppll.agent import control
 from xmppll.errors import NoPeerError, Tally, UnavailableError, UsageError, XmpplError
@@ -19,7 +16,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     Json = dict[str, Any]
-WITHDRAW_WAIT = 10.0  # s for an agent to send its goodbyes and go
 
 
 def any_agent() -> str | None:
@@ -85,14 +81,9 @@ def follow(agent: str | None, emit: Callable[[Json], None],
 
 
 def withdraw(name: str | None) -> Json:
-    """Ask the agent to go, then wait until its socket is gone: when this returns,
-    the goodbyes have been sent."""
-    agent = control.find_agent(name)
-    reply = control.request(agent, "withdraw")
-    path = identity.socket_path(agent)
-    deadline = time.monotonic() + WITHDRAW_WAIT
-    while os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    """The agent answers once peers have been told (its first goodbyes are out) and
+    finishes on its own: the name can be announced again at once (agent/locks.py)."""
+    reply = control.request(control.find_agent(name), "withdraw")
     return {"event": "withdrawn", "name": reply["name"]}
 
 

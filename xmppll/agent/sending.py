@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmppll import identity
-from xmppll.agent import control
+from xmppll.agent import control, locks
 from xmppll.agent.inbox import Inbox
 from xmppll.discovery.mdns.link import local_addresses, mdns_port_taken, open_link
 from xmppll.discovery.mdns.peers import PeerView, browse_once, wait_for_peer
@@ -95,7 +95,7 @@ class HandoffStore:
             return control.request(self.me, "store", record=record)
         state = identity.state_dir(self.me)
         state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(state / locks.AGENT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if control.is_alive(identity.socket_path(self.me)):
@@ -220,18 +220,8 @@ class OneShot:
         directory = control.prepare_runtime_dir()
         fd = os.open(directory / f"send-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._held[key] = fd
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if loop.time() >= deadline:
-                    log.warning("another send from %s has not finished: going ahead",
-                                self.options.me)
-                    return
-                await asyncio.sleep(0.02)
+        if not await locks.acquire(fd, LOCK_WAIT):
+            log.warning("another send from %s has not finished: going ahead", self.options.me)
 
     async def publish_self(self) -> None:
         """A transient presence so that strict peers can resolve and accept us."""
@@ -244,6 +234,7 @@ class OneShot:
                 opts.interfaces)]
             return
         await self._hold(f"presence\0{opts.me}")
+        await locks.wait_for_withdrawal(identity.state_dir(opts.me))
         mine = local_addresses(opts.interfaces)
         label = identity.host_label()
         self.responder = await open_link(opts.interfaces)

@@ -351,6 +351,10 @@ def withdraw(name: str | None, stale: bool, interfaces: tuple[str, ...],
       xmppll withdraw --stale   # after the agent was killed with -9
       xmppll withdraw --stale --domain lan.example --tsig-key tsig.key
 
+    Returns once peers have been told; the agent repeats its goodbyes and closes
+    its streams on its own, and an announce (or a send) as NAME meanwhile waits
+    for it to finish.
+
     With --stale --domain, the dead agent's DNS records are deleted by a signed
     UPDATE (DNS has no goodbye; browsers would otherwise drop them only after 3
     heartbeats)."""

@@ -93,7 +93,9 @@ class Directory(Protocol):
 
     async def update(self, txt: bytes) -> None: ...
 
-    async def withdraw(self) -> None: ...
+    async def withdraw(self) -> Awaitable[None]:
+        """Say goodbye: returns once peers have been told (the first mDNS goodbye is
+        out, the DNS records are deleted); the awaitable ends with the repeats."""
 
 
 class Directories:
@@ -156,9 +158,9 @@ class Directories:
         for member in self.members:
             await member.update(txt)
 
-    async def withdraw(self) -> None:
-        for member in self.members:
-            await member.withdraw()
+    async def withdraw(self) -> Awaitable[None]:
+        repeats = [await member.withdraw() for member in self.members]
+        return asyncio.gather(*repeats)
 
     def owners(self, address: Address) -> list[str]:
         """Names of the peers that advertise `address`."""

@@ -173,13 +173,15 @@ class MdnsDirectory:
         if self.publisher is not None and self.publisher.record is not None:
             await self.publisher.update_txt(txt)
 
-    async def withdraw(self) -> None:
-        if self.publisher is not None and self.publisher.record is not None:
-            if self.avatars is not None:
-                self.avatars.withdraw()
-            await self.publisher.withdraw()
-            if self.state is not None:
-                (self.state / PUBLISHED_FILE).unlink(missing_ok=True)
+    async def withdraw(self) -> Awaitable[None]:
+        if self.publisher is None or self.publisher.record is None:
+            return asyncio.gather()
+        if self.avatars is not None:
+            self.avatars.withdraw()
+        repeats = self.publisher.say_goodbye()
+        if self.state is not None:
+            (self.state / PUBLISHED_FILE).unlink(missing_ok=True)
+        return repeats
 
     def _save(self, record: Publication) -> None:
         """Kept so that `withdraw --stale` can say goodbye for us after a crash."""

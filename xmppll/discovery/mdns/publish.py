@@ -43,6 +43,8 @@ from xmppll.discovery.mdns.link import (
 from xmppll.errors import UnavailableError
 
 PROBE_INTERVAL = 0.25
+GOODBYE_INTERVAL = 0.125
+GOODBYE_REPEATS = 2  # after the first
 _RESPONSE = 0x8400  # QR + AA: an unsolicited authoritative answer
 log = logging.getLogger("xmppll")
 MAX_RENAMES = 20
@@ -412,22 +414,41 @@ class Publisher:
         self._info = self.record.info()
         await (await self.azc.async_update_service(self._info))
 
-    async def withdraw(self) -> None:
-        """Goodbyes (TTL 0) for everything we published, so peers drop us at once."""
+    def say_goodbye(self) -> asyncio.Future:
+        """Goodbyes (TTL 0) for everything we published, so peers drop us at once. The
+        first is on the wire when this returns, which is when `withdraw` can answer;
+        the future ends with the last (they are repeated in case one is lost)."""
         if self._defender is not None:
             self._defender.cancel()
-        if self._info is not None:
-            await (await self.azc.async_unregister_service(self._info))
-        self.record = self._info = None
+        info, self.record, self._info = self._info, None, None
+        if info is None:
+            return asyncio.gather()
+        self.zc.registry.async_remove(info)
+        assert info.server_key is not None
+        # Another name of ours on this host still needs the host's addresses.
+        addresses = not self.zc.registry.async_get_infos_server(info.server_key)
+        return _goodbyes(self.zc, lambda: self.zc.generate_service_broadcast(info, 0, addresses))
+
+    async def withdraw(self) -> None:
+        await self.say_goodbye()
+
+
+def _goodbyes(zc: Zeroconf, packet: Callable[[], DNSOutgoing]) -> asyncio.Future:
+    """The first goodbye now, two more GOODBYE_INTERVAL apart (python-zeroconf's count
+    and spacing), so one lost datagram does not leave us in peers' caches for a TTL."""
+    zc.async_send(packet())
+
+    async def repeat() -> None:
+        for _ in range(GOODBYE_REPEATS):
+            await asyncio.sleep(GOODBYE_INTERVAL)
+            zc.async_send(packet())
+
+    return asyncio.ensure_future(repeat())
 
 
 async def send_goodbyes(azc: AsyncZeroconf, record: Publication) -> None:
     """Goodbyes on behalf of a dead process: receivers match records by content, not by
     sender, so rebuilding the records is enough (zeroconf-facts.md 4e')."""
     info = record.info()
-    for i in range(3):
-        if i:
-            await asyncio.sleep(0.125)
-        azc.zeroconf.async_send(
-            azc.zeroconf.generate_service_broadcast(info, 0, bool(record.addresses))
-        )
+    zc = azc.zeroconf
+    await _goodbyes(zc, lambda: zc.generate_service_broadcast(info, 0, bool(record.addresses)))

@@ -245,9 +245,10 @@ class WideAreaDirectory:
         if self.published is not None:
             await self._send_all(txt)
 
-    async def withdraw(self) -> None:
+    async def withdraw(self) -> Awaitable[None]:
+        """A DNS UPDATE is acknowledged: nothing to repeat once it returns."""
         if self.published is None:
-            return
+            return asyncio.gather()
         published, self.published = self.published, None
         for domain, where in published["domains"].items():
             message = update.removal(
@@ -262,6 +263,7 @@ class WideAreaDirectory:
                 continue
         if self.state is not None:
             (self.state / PUBLISHED_FILE).unlink(missing_ok=True)
+        return asyncio.gather()
 
     def _save(self) -> None:
         """Kept so that `withdraw --stale` knows which host records were ours."""
