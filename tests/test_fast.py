@@ -251,5 +251,28 @@ def test_help_imports_nothing_slow() -> None:
     extra = modules(done.stderr) - modules(floor.stderr)
     # site would load os and its helpers anyway; -S leaves them to us
     with_site = {"os", "stat", "_stat", "posixpath", "genericpath", "_collections_abc"}
+    built_in = {"atexit"}  # compiled into the interpreter: nothing to find or load
     assert {m for m in extra if not m.startswith("xmppll")} <= {"__future__", "zlib",
-                                                                  *with_site}, extra
+                                                                  *with_site, *built_in}, extra
+
+
+def _leave(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "import sys\nfrom xmppll.cli.fast import _leave\n"
+                           + code], capture_output=True, text=True, timeout=30)
+
+
+def test_the_quick_exit_flushes_and_keeps_the_code() -> None:
+    done = _leave("sys.stdout.write('out'); sys.stderr.write('err'); _leave(SystemExit(4))")
+    assert (done.returncode, done.stdout, done.stderr) == (4, "out", "err")
+
+
+def test_the_quick_exit_leaves_exit_handlers_and_threads_to_the_usual_exit() -> None:
+    done = _leave("import atexit; atexit.register(print, 'handler ran'); _leave(SystemExit(3))")
+    assert (done.returncode, done.stdout) == (3, "handler ran\n")
+    done = _leave("import threading, time\n"
+                  "def late(): time.sleep(0.2); print('thread ended')\n"
+                  "threading.Thread(target=late).start()\n"
+                  "_leave(SystemExit(5))")
+    assert (done.returncode, done.stdout) == (5, "thread ended\n")
+    done = _leave("_leave(SystemExit('a message'))")
+    assert (done.returncode, done.stderr) == (1, "a message\n")
