@@ -53,7 +53,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import StampedLines, json_test, wait_until  # noqa: E402
+from common import StampedLines, json_test, wait_idle, wait_until  # noqa: E402
 from install import Install, editable, install  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
@@ -616,7 +616,6 @@ def bench_messaging(res: Results, runs: int, messages: int,
 # --- the agent path: one-shot commands at the interpreter's floor (issue 14) ------------
 
 AGENT_PATH_TARGET = 0.010  # s over the floor, median: browse, status, withdraw, listen, TAB
-SETTLE = 0.6  # s after an agent's socket appears: its announcements are over
 SEND_TARGET = 0.020  # s over the floor: send, with the peer's fsync and receipt
 
 
@@ -653,9 +652,9 @@ def bench_agent_path(res: Results, runs: int) -> None:
             name = f"w{count[0]}@h1"
             _, pid = r1.spawn(inst.xmppll("announce", "--json", name))
             wait_until(lambda: (sockets / f"{name}.sock").exists(), 20, f"{name} to start")
-            # Past its start-up announcements (3, 225 ms apart): an agent in the state
-            # the status and browse rows talk to, not one still busy starting.
-            time.sleep(SETTLE)
+            # Done starting (announcements, first queries, the key child): in the state
+            # of the agent the status and browse rows talk to.
+            wait_idle(pid)
             timed(f"path/{inst.label}/withdraw", r1.run(inst.xmppll("withdraw", name)))
             r1.stop(pid)
 

@@ -81,6 +81,27 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     return lan.wait_until(check, timeout, what, interval=0.2, error=RuntimeError)
 
 
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_idle(pid: int, still: float = 0.3, timeout: float = 10.0) -> None:
+    """Until `pid` has used no CPU for `still` seconds: an agent done starting, in the
+    state of one that has been running a while (RuntimeError after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    last, since = cpu_ticks(pid), time.monotonic()
+    while time.monotonic() - since < still:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} still busy after {timeout} s")
+        time.sleep(0.05)
+        now = cpu_ticks(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def print_table(header: Sequence[str], rows: Sequence[Any]) -> None:
     """`header` and each row's `cells()` as aligned columns, a rule under the header."""
     table = [list(header), *(r.cells() for r in rows)]
