@@ -136,12 +136,16 @@ def test_a_one_shot_send_proves_the_key_its_agent_advertised(lan: Lan) -> None:
 
 
 def flows(records: list[dict[str, Any]]) -> dict[tuple, bytes]:
-    """Each captured TCP direction's payload, in sequence order, duplicates dropped."""
+    """Each captured TCP direction's payload, in sequence order, duplicates dropped. A
+    retransmission may start at a seq already seen with less data (a loaded machine's
+    veth drops a large segment, TCP resends it cut differently): the longest wins."""
     segments: dict[tuple, dict[int, bytes]] = {}
     for r in records:
         if r.get("proto") == "tcp" and r["data"]:
             key = (r["src"], r["sport"], r["dst"], r["dport"])
-            segments.setdefault(key, {})[r["seq"]] = bytes.fromhex(r["data"])
+            data, seen = bytes.fromhex(r["data"]), segments.setdefault(key, {})
+            if len(data) > len(seen.get(r["seq"], b"")):
+                seen[r["seq"]] = data
     return {key: b"".join(data for _, data in sorted(segs.items()))
             for key, segs in segments.items()}
 

@@ -18,6 +18,10 @@ import struct
 import sys
 import time
 
+# A veth delivers GRO aggregates up to 64 KiB of payload (more with BIG TCP) plus
+# headers: a 64 KiB read cut the largest ones short on a loaded machine.
+FRAME_MAX = 1 << 18
+
 
 def _sniff(out_path: str, ifname: str = "eth0") -> None:
     """The capture loop (run inside a namespace host, as root)."""
@@ -40,7 +44,7 @@ def _sniff(out_path: str, ifname: str = "eth0") -> None:
     with open(out_path, "a", buffering=1) as fh:
         while running:
             try:
-                frame, _addr = sock.recvfrom(65535)
+                frame, _addr = sock.recvfrom(FRAME_MAX)
             except TimeoutError:
                 continue
             except InterruptedError:
@@ -50,13 +54,14 @@ def _sniff(out_path: str, ifname: str = "eth0") -> None:
             if ethertype == 0x0800:
                 ihl = (frame[14] & 0x0F) * 4
                 proto = frame[14 + 9]
-                total = struct.unpack("!H", frame[16:18])[0]
+                # 0 in a GRO/BIG TCP aggregate larger than 64 KiB: the frame's own size
+                total = struct.unpack("!H", frame[16:18])[0] or len(frame) - 14
                 src = socket.inet_ntop(socket.AF_INET, frame[26:30])
                 dst = socket.inet_ntop(socket.AF_INET, frame[30:34])
                 l4 = frame[14 + ihl:14 + total]
             elif ethertype == 0x86DD:
                 proto = frame[14 + 6]
-                plen = struct.unpack("!H", frame[18:20])[0]
+                plen = struct.unpack("!H", frame[18:20])[0] or len(frame) - 54
                 src = socket.inet_ntop(socket.AF_INET6, frame[22:38])
                 dst = socket.inet_ntop(socket.AF_INET6, frame[38:54])
                 l4 = frame[54:54 + plen]
