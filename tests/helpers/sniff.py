@@ -21,6 +21,7 @@ import time
 # A veth delivers GRO aggregates up to 64 KiB of payload (more with BIG TCP) plus
 # headers: a 64 KiB read cut the largest ones short on a loaded machine.
 FRAME_MAX = 1 << 18
+DRAIN = 10.0  # s
 
 
 def _sniff(out_path: str, ifname: str = "eth0") -> None:
@@ -41,11 +42,20 @@ def _sniff(out_path: str, ifname: str = "eth0") -> None:
     signal.signal(signal.SIGINT, stop)
     sock.settimeout(0.2)
     print("ready", flush=True)
+    drained_by = None
     with open(out_path, "a", buffering=1) as fh:
-        while running:
+        while True:
+            # Asked to stop, a loaded capture may still have frames queued in the socket:
+            # they are read until it is quiet for 0.2 s (at most DRAIN seconds).
+            if not running:
+                drained_by = drained_by or time.monotonic() + DRAIN
+                if time.monotonic() > drained_by:
+                    break
             try:
                 frame, _addr = sock.recvfrom(FRAME_MAX)
             except TimeoutError:
+                if not running:
+                    break
                 continue
             except InterruptedError:
                 continue

@@ -50,7 +50,8 @@ class Sniffer:
                 if r.get("proto") == "mdns" and r["name"].lower().startswith(key + ".")]
 
     def stop(self) -> None:
-        _terminate(self.proc)
+        """Waits for the capture to write what it still holds (sniff.DRAIN)."""
+        _terminate(self.proc, grace=15)
 
 
 def tcp_transcripts(records: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
