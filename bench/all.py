@@ -53,7 +53,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import StampedLines, json_test, wait_idle, wait_until  # noqa: E402
+from common import StampedLines, cpu_ticks, json_test, wait_idle, wait_until  # noqa: E402
 from install import Install, editable, install  # noqa: E402
 from lan import Host, Lan, Lines  # noqa: E402
 
@@ -264,8 +264,7 @@ def avahi_names(lines: Iterable[str], prefix: str) -> set[str]:
 
 def proc_stat(pid: int) -> tuple[float, float, float]:
     """(CPU seconds so far, VmRSS MB, VmHWM MB) of a process."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    cpu = cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
     mem = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")

@@ -150,7 +150,7 @@ class OneShot:
         await self.hub.close()
         if self.publisher is not None:
             log.info("withdrawing the transient presence of %s", self.options.me)
-            await self.publisher.withdraw()
+            await self.publisher.say_goodbye()
         if self.view is not None:
             await self.view.stop()
         if self._listener is not None:

@@ -429,9 +429,6 @@ class Publisher:
         addresses = not self.zc.registry.async_get_infos_server(info.server_key)
         return _goodbyes(self.zc, lambda: self.zc.generate_service_broadcast(info, 0, addresses))
 
-    async def withdraw(self) -> None:
-        await self.say_goodbye()
-
 
 def _goodbyes(zc: Zeroconf, packet: Callable[[], DNSOutgoing]) -> asyncio.Future:
     """The first goodbye now, two more GOODBYE_INTERVAL apart (python-zeroconf's count
